@@ -1,0 +1,214 @@
+//! The command line: the contract of shared/DESIGN.md, written with clap's derive API.
+//!
+//! Every doc comment here is the `--help` text a learner reads, so it says what an option
+//! *shows*, not only what it does.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Watch TCP servers work: echo servers in five concurrency models, a client, and every
+/// socket call printed as an annotated event with the kernel's TCP state.
+#[derive(Debug, Parser)]
+#[command(name = "tcp-lab", version, propagate_version = true)]
+#[command(after_help = "Start here:\n  \
+    tcp-lab serve --mode blocking        # terminal 1: an echo server on 127.0.0.1:7788\n  \
+    tcp-lab client                       # terminal 2: type lines, watch them echo\n  \
+    tcp-lab client --count 3 --bye       # or a scripted client")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an echo server in the concurrency model you pick.
+    #[command(after_help = "Examples:\n  \
+        tcp-lab serve --mode blocking            # one client at a time\n  \
+        tcp-lab serve --port 0 --format json     # the kernel picks a port; JSON events\n  \
+        tcp-lab serve --delay 1000 --crash-after 3")]
+    Serve(ServeArgs),
+    /// Connect to an echo server: scripted, interactive (the default) or naive.
+    #[command(after_help = "Examples:\n  \
+        tcp-lab client                           # interactive: stdin and the socket together\n  \
+        tcp-lab client --count 10 --bye          # the seeds' client: 10 messages, then Bye\n  \
+        tcp-lab client --send hi --half-close    # shutdown(Write), then read until EOF\n  \
+        tcp-lab client --send hi --abort         # close with an RST instead of a FIN\n  \
+        tcp-lab client --naive                   # blocks in recv: misses the server's FIN")]
+    Client(ClientArgs),
+    /// Internal: the process model's child, serving one inherited connection.
+    #[command(hide = true, name = "serve-child")]
+    ServeChild(ServeChildArgs),
+}
+
+/// The concurrency model of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One connection at a time: accept, serve until EOF, accept the next.
+    Blocking,
+    /// A thread per connection.
+    Threaded,
+    /// A child process per connection.
+    Process,
+    /// One thread trying every non-blocking socket in a loop.
+    Nonblocking,
+    /// One thread sleeping in epoll/kqueue until a socket is ready.
+    Poll,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Blocking => "blocking",
+            Mode::Threaded => "threaded",
+            Mode::Process => "process",
+            Mode::Nonblocking => "nonblocking",
+            Mode::Poll => "poll",
+        }
+    }
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: a timeline with coloured labels and notes.
+    Text,
+    /// One JSON object per line, for scripts and tests.
+    Json,
+}
+
+/// When to colour the text output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+/// How events are shown; shared by every command that prints events.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print events as text for people or as JSON lines.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Colour the text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Drop the teaching notes (the indented line under each event).
+    #[arg(long)]
+    pub no_explain: bool,
+}
+
+/// Where the server listens or the client connects.
+#[derive(Debug, Clone, Args)]
+pub struct AddrArgs {
+    /// Host or IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port (serve: 0 lets the kernel pick one; the listen event says which).
+    #[arg(long, default_value_t = 7788)]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The concurrency model.
+    #[arg(long, value_enum, default_value_t = Mode::Blocking)]
+    pub mode: Mode,
+    #[command(flatten)]
+    pub addr: AddrArgs,
+    /// The listen backlog: how many finished handshakes the kernel queues before accept().
+    #[arg(long, default_value_t = 128)]
+    pub backlog: i32,
+    /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s).
+    #[arg(long, value_name = "MS")]
+    pub delay: Option<u64>,
+    /// A message equal to this word closes the connection without an echo.
+    #[arg(long, value_name = "WORD", default_value = "Bye")]
+    pub bye_word: String,
+    /// After N messages the handler dies abruptly: the kernel sends the FIN.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub crash_after: Option<u64>,
+    /// After N messages close with SO_LINGER 0, which sends an RST.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reset_after: Option<u64>,
+    /// Stop after N connections have finished.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub exit_after: Option<u64>,
+    /// Above N open connections, tell a newcomer `server full` and close it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+    /// Close a connection that has been idle this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: Option<u64>,
+    /// Lifecycle events only: no per-message recv/send events (for load).
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub addr: AddrArgs,
+    /// Send TEXT plus a newline (repeatable); wait for its echo after each.
+    #[arg(long, value_name = "TEXT")]
+    pub send: Vec<String>,
+    /// Send `message 1` … `message N`.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Pause MS milliseconds between sends.
+    #[arg(long, value_name = "MS")]
+    pub interval: Option<u64>,
+    /// Send `Bye` last and wait for the server to close.
+    #[arg(long)]
+    pub bye: bool,
+    /// Stay connected and idle SECS seconds before closing.
+    #[arg(long, value_name = "SECS")]
+    pub hold: Option<f64>,
+    /// Close with shutdown(Write) (our FIN), then keep reading until the server's EOF.
+    #[arg(long, conflicts_with = "abort")]
+    pub half_close: bool,
+    /// Close with SO_LINGER 0: an RST instead of a FIN.
+    #[arg(long)]
+    pub abort: bool,
+    /// The seeds' blocking client: read stdin, send, block in recv.
+    #[arg(long, conflicts_with_all = ["send", "count", "bye", "half_close"])]
+    pub naive: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What the process model's parent tells the child it re-executes.
+#[derive(Debug, Clone, Args)]
+pub struct ServeChildArgs {
+    /// The inherited, already accepted socket.
+    #[arg(long)]
+    pub fd: i32,
+    /// The connection number the parent gave it.
+    #[arg(long)]
+    pub conn: u64,
+    /// The parent's start, in nanoseconds since the Unix epoch, so times line up.
+    #[arg(long)]
+    pub epoch_ns: u128,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl AddrArgs {
+    /// Resolve `--host` and `--port` to one socket address (the first the resolver gives).
+    pub fn resolve(&self) -> anyhow::Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        let mut addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                "unknown host {:?}: {e} — check the name, or use an IP address such as 127.0.0.1",
+                self.host
+            )
+            })?;
+        addrs
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("host {:?} has no address — try 127.0.0.1", self.host))
+    }
+}

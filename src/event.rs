@@ -1,0 +1,484 @@
+//! Events: what tcp-lab prints for every socket call that matters.
+//!
+//! An [`Event`] is built where the call happens (a kind, the connection, the bytes, the
+//! kernel's TCP state, a teaching note) and handed to [`Output`], which stamps the time and
+//! renders it as a line of JSON or as text for people. Bytes that came from a peer are always
+//! escaped first ([`escape_bytes`]): a peer must never be able to drive the learner's terminal.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::{BufWriter, IsTerminal, Stdout, Write};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use colored::{ColoredString, Colorize};
+use serde_json::{Map, Value};
+
+use crate::cli::{ColorChoice, Format, Mode, OutputArgs};
+
+/// Every kind of event, named as in shared/DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Listen,
+    Accept,
+    Connect,
+    Refused,
+    Recv,
+    Send,
+    Eof,
+    Shutdown,
+    Close,
+    Abort,
+    Reset,
+    BrokenPipe,
+    Timeout,
+    Limit,
+    Spawn,
+    Exit,
+    WouldBlock,
+    Error,
+    Stop,
+    Summary,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Listen => "listen",
+            Kind::Accept => "accept",
+            Kind::Connect => "connect",
+            Kind::Refused => "refused",
+            Kind::Recv => "recv",
+            Kind::Send => "send",
+            Kind::Eof => "eof",
+            Kind::Shutdown => "shutdown",
+            Kind::Close => "close",
+            Kind::Abort => "abort",
+            Kind::Reset => "reset",
+            Kind::BrokenPipe => "broken_pipe",
+            Kind::Timeout => "timeout",
+            Kind::Limit => "limit",
+            Kind::Spawn => "spawn",
+            Kind::Exit => "exit",
+            Kind::WouldBlock => "wouldblock",
+            Kind::Error => "error",
+            Kind::Stop => "stop",
+            Kind::Summary => "summary",
+        }
+    }
+
+    /// Per-message events, dropped by `--quiet`.
+    pub fn is_data(self) -> bool {
+        matches!(self, Kind::Recv | Kind::Send)
+    }
+
+    /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
+    /// dim for data.
+    fn paint(self, label: &str) -> ColoredString {
+        match self {
+            Kind::Listen | Kind::Accept | Kind::Connect | Kind::Spawn => label.green().bold(),
+            Kind::Eof | Kind::Shutdown | Kind::Close | Kind::Timeout | Kind::Exit | Kind::Stop => {
+                label.yellow().bold()
+            }
+            Kind::Limit => label.yellow(),
+            Kind::Refused | Kind::Abort | Kind::Reset | Kind::BrokenPipe | Kind::Error => {
+                label.red().bold()
+            }
+            Kind::Recv | Kind::Send | Kind::WouldBlock => label.dimmed(),
+            Kind::Summary => label.bold(),
+        }
+    }
+}
+
+/// How much of a payload an event shows; `bytes` always gives the full size.
+pub const DATA_PREVIEW: usize = 256;
+
+/// One annotated event. Build it with [`Event::new`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: Kind,
+    /// The connection number, 1, 2, …; absent for listener-level events.
+    pub conn: Option<u64>,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// Payload size of a recv or send.
+    pub bytes: Option<usize>,
+    /// The payload (at most [`DATA_PREVIEW`] bytes of it), already escaped.
+    pub data: Option<String>,
+    pub data_truncated: bool,
+    /// The kernel's TCP state right after the call, from TCP_INFO.
+    pub tcp_state: Option<&'static str>,
+    /// The C name of the errno, where a call failed.
+    pub errno: Option<&'static str>,
+    /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
+    pub detail: Option<String>,
+    /// Counters, on `summary` events.
+    pub stats: Vec<(&'static str, Value)>,
+    /// What happened on the wire and in the kernel, and why.
+    pub note: Cow<'static, str>,
+}
+
+impl Event {
+    pub fn new(kind: Kind) -> Event {
+        Event {
+            kind,
+            conn: None,
+            local: None,
+            peer: None,
+            bytes: None,
+            data: None,
+            data_truncated: false,
+            tcp_state: None,
+            errno: None,
+            detail: None,
+            stats: Vec::new(),
+            note: Cow::Borrowed(""),
+        }
+    }
+
+    pub fn conn(mut self, id: u64) -> Event {
+        self.conn = Some(id);
+        self
+    }
+
+    pub fn addrs(mut self, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Event {
+        self.local = local;
+        self.peer = peer;
+        self
+    }
+
+    /// The payload: its size, and an escaped preview of it.
+    pub fn payload(mut self, bytes: &[u8]) -> Event {
+        self.bytes = Some(bytes.len());
+        let shown = &bytes[..bytes.len().min(DATA_PREVIEW)];
+        self.data = Some(escape_bytes(shown));
+        self.data_truncated = shown.len() < bytes.len();
+        self
+    }
+
+    pub fn state(mut self, tcp_state: Option<&'static str>) -> Event {
+        self.tcp_state = tcp_state;
+        self
+    }
+
+    pub fn errno(mut self, errno: Option<&'static str>) -> Event {
+        self.errno = errno;
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn stat(mut self, name: &'static str, value: impl Into<Value>) -> Event {
+        self.stats.push((name, value.into()));
+        self
+    }
+
+    pub fn note(mut self, note: impl Into<Cow<'static, str>>) -> Event {
+        self.note = note.into();
+        self
+    }
+}
+
+/// Who prints: the server or the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Where events go: stdout, as JSON lines or text, buffered.
+///
+/// `emit` can be called from any thread; each event is written as one whole line, so lines
+/// from threads (and from the process model's children, which share our stdout) never mix.
+pub struct Output {
+    role: Role,
+    mode: Option<Mode>,
+    format: Format,
+    explain: bool,
+    quiet: bool,
+    /// Flush after every event (people watching), or only on [`Output::flush`] (the event
+    /// loops flush once per turn of the loop).
+    flush_each: bool,
+    start: Instant,
+    sink: Mutex<BufWriter<Stdout>>,
+}
+
+impl Output {
+    pub fn new(role: Role, mode: Option<Mode>, args: &OutputArgs) -> Output {
+        Output {
+            role,
+            mode,
+            format: args.format,
+            explain: !args.no_explain,
+            quiet: false,
+            flush_each: true,
+            start: Instant::now(),
+            sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+        }
+    }
+
+    /// Drop per-message events (`--quiet`).
+    pub fn quiet(mut self, quiet: bool) -> Output {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Buffer events until [`Output::flush`] instead of flushing each one.
+    pub fn buffered(mut self) -> Output {
+        self.flush_each = false;
+        self
+    }
+
+    /// Count time from another process's start (the process model's children use the
+    /// parent's, so one stream has one clock).
+    pub fn since_epoch_ns(mut self, epoch_ns: u128) -> Output {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let elapsed = Duration::from_nanos(now_ns.saturating_sub(epoch_ns) as u64);
+        self.start = Instant::now().checked_sub(elapsed).unwrap_or(self.start);
+        self
+    }
+
+    /// This output's start, in nanoseconds since the Unix epoch (for [`Output::since_epoch_ns`]).
+    pub fn epoch_ns(&self) -> u128 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        now.saturating_sub(self.start.elapsed().as_nanos())
+    }
+
+    /// Whether per-message events are wanted: callers check this before building them, so
+    /// `--quiet` costs nothing per message.
+    pub fn wants_data(&self) -> bool {
+        !self.quiet
+    }
+
+    pub fn emit(&self, event: Event) {
+        if self.quiet && event.kind.is_data() {
+            return;
+        }
+        let line = match self.format {
+            Format::Json => self.json_line(&event),
+            Format::Text => self.text_lines(&event),
+        };
+        let mut sink = self
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A closed stdout (the learner piped us into `head`) must not stop the server.
+        let _ = sink.write_all(line.as_bytes());
+        if self.flush_each {
+            let _ = sink.flush();
+        }
+    }
+
+    pub fn flush(&self) {
+        let mut sink = self
+            .sink
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ = sink.flush();
+    }
+
+    fn json_line(&self, e: &Event) -> String {
+        let mut obj = Map::new();
+        let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        obj.insert("ts".into(), ts.into());
+        obj.insert("role".into(), self.role.name().into());
+        if let (Role::Server, Some(mode)) = (self.role, self.mode) {
+            obj.insert("mode".into(), mode.name().into());
+        }
+        if let Some(conn) = e.conn {
+            obj.insert("conn".into(), conn.into());
+        }
+        obj.insert("kind".into(), e.kind.name().into());
+        if let Some(local) = e.local {
+            obj.insert("local".into(), local.to_string().into());
+        }
+        if let Some(peer) = e.peer {
+            obj.insert("peer".into(), peer.to_string().into());
+        }
+        if let Some(bytes) = e.bytes {
+            obj.insert("bytes".into(), bytes.into());
+        }
+        if let Some(data) = &e.data {
+            obj.insert("data".into(), data.clone().into());
+            if e.data_truncated {
+                obj.insert("data_truncated".into(), true.into());
+            }
+        }
+        if let Some(state) = e.tcp_state {
+            obj.insert("tcp_state".into(), state.into());
+        }
+        if let Some(errno) = e.errno {
+            obj.insert("errno".into(), errno.into());
+        }
+        if let Some(detail) = &e.detail {
+            obj.insert("detail".into(), detail.clone().into());
+        }
+        if !e.stats.is_empty() {
+            let stats: Map<String, Value> = e
+                .stats
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            obj.insert("stats".into(), stats.into());
+        }
+        if self.explain && !e.note.is_empty() {
+            obj.insert("note".into(), e.note.as_ref().into());
+        }
+        let mut line = Value::Object(obj).to_string();
+        line.push('\n');
+        line
+    }
+
+    /// `  0.532 server #1  recv        6 bytes "hello\n"            ESTABLISHED`
+    /// `                   ↳ read() returned 6 bytes: …`
+    fn text_lines(&self, e: &Event) -> String {
+        let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let who = match e.conn {
+            Some(id) => format!("{} #{id}", self.role.name()),
+            None => self.role.name().to_string(),
+        };
+        let label = e.kind.paint(&format!("{:<11}", e.kind.name()));
+        let mut line = format!("{} {:<10} {label} {}", ts.dimmed(), who, text_facts(e));
+        if let Some(state) = e.tcp_state {
+            let _ = write!(line, "  {}", format!("[{state}]").cyan());
+        }
+        line.push('\n');
+        if self.explain && !e.note.is_empty() {
+            let _ = writeln!(line, "{:20}{} {}", "", "↳".dimmed(), e.note.italic());
+        }
+        line
+    }
+}
+
+/// The facts of an event for people: addresses, sizes, payload, errno, detail.
+fn text_facts(e: &Event) -> String {
+    let mut facts = Vec::new();
+    match e.kind {
+        Kind::Listen => facts.extend(e.local.map(|l| format!("on {l}"))),
+        Kind::Accept | Kind::Limit => facts.extend(e.peer.map(|p| format!("from {p}"))),
+        Kind::Connect | Kind::Refused => {
+            facts.extend(e.peer.map(|p| format!("to {p}")));
+            facts.extend(e.local.map(|l| format!("(from {l})")));
+        }
+        _ => {}
+    }
+    if let Some(bytes) = e.bytes {
+        facts.push(format!("{bytes} bytes"));
+    }
+    if let Some(data) = &e.data {
+        let more = if e.data_truncated { "…" } else { "" };
+        facts.push(format!("\"{data}\"{more}"));
+    }
+    if let Some(errno) = e.errno {
+        facts.push(errno.red().to_string());
+    }
+    if let Some(detail) = &e.detail {
+        facts.push(detail.clone());
+    }
+    for (name, value) in &e.stats {
+        facts.push(format!("{}={}", name.replace('_', " "), value));
+    }
+    facts.join("  ")
+}
+
+/// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
+/// C1, bidi overrides) and every invalid byte is escaped (`\n`, `\x1B`, `\xC4`, `\u{202E}`).
+/// A backslash is doubled, so the escaped text reads back unambiguously.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            push_escaped_char(&mut out, c);
+        }
+        for byte in chunk.invalid() {
+            let _ = write!(out, "\\x{byte:02X}");
+        }
+    }
+    out
+}
+
+fn push_escaped_char(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\\' => out.push_str("\\\\"),
+        c if (c as u32) < 0x100 && c.is_control() => {
+            let _ = write!(out, "\\x{:02X}", c as u32);
+        }
+        c if c.is_control() || is_bidi_control(c) => {
+            let _ = write!(out, "\\u{{{:X}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// Characters that reorder the text around them: a peer could make a line lie.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Resolve `--color` once, for the whole process (`colored` reads a global override).
+pub fn set_color(choice: ColorChoice) {
+    let on = match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    colored::control::set_override(on);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_kept_and_controls_are_escaped() {
+        assert_eq!(escape_bytes(b"hello"), "hello");
+        assert_eq!(escape_bytes("你好".as_bytes()), "你好");
+        assert_eq!(escape_bytes(b"a\nb\r\t"), "a\\nb\\r\\t");
+        assert_eq!(escape_bytes(b"\x1b[31m\x00\x7f"), "\\x1B[31m\\x00\\x7F");
+        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\x9B");
+        assert_eq!(escape_bytes("\u{202e}".as_bytes()), "\\u{202E}");
+        assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
+    }
+
+    #[test]
+    fn invalid_utf8_is_escaped_byte_by_byte() {
+        // "你好" in GBK, not UTF-8.
+        assert_eq!(
+            escape_bytes(&[0xC4, 0xE3, 0xBA, 0xC3]),
+            "\\xC4\\xE3\\xBA\\xC3"
+        );
+        assert_eq!(escape_bytes(&[b'o', b'k', 0xFF]), "ok\\xFF");
+    }
+
+    #[test]
+    fn payload_is_previewed_but_fully_counted() {
+        let big = vec![b'a'; DATA_PREVIEW + 10];
+        let e = Event::new(Kind::Recv).payload(&big);
+        assert_eq!(e.bytes, Some(DATA_PREVIEW + 10));
+        assert_eq!(e.data.as_deref().map(str::len), Some(DATA_PREVIEW));
+        assert!(e.data_truncated);
+    }
+}

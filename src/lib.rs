@@ -1,0 +1,43 @@
+//! # tcp-lab: watch TCP servers work
+//!
+//! A map of the crate, in the order a learner might read it:
+//!
+//! | file | what it teaches | lesson |
+//! |---|---|---|
+//! | [`server::blocking`] | one connection at a time; the listen backlog | 01 |
+//! | [`server::echo`] | one connection's life: read, echo, and every way it ends | 01, 06, 07 |
+//! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |
+//! | [`outcome`] | what a socket call's result means: 0 is a FIN, ECONNRESET an RST, … | 06, 07 |
+//! | [`note`] | the teaching notes, checked against a packet capture | all |
+//! | [`tcp_state`] | the kernel's TCP state of a socket (TCP_INFO) | 06 |
+//! | [`event`] | how events are printed (text or JSON) and how peer bytes are escaped | 00 |
+//! | [`cli`] | the command line | 00 |
+//!
+//! [`server`] holds what every mode shares: options, bind/listen, Ctrl-C and the summary.
+
+pub mod cli;
+pub mod client;
+pub mod event;
+pub mod note;
+pub mod outcome;
+pub mod server;
+pub mod tcp_state;
+
+use anyhow::Result;
+
+use cli::{Cli, Command};
+
+/// Run one command. Errors come back as values, for `main` to print as one line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            event::set_color(args.output.color);
+            server::run(&args)
+        }
+        Command::Client(args) => {
+            event::set_color(args.output.color);
+            client::run(&args)
+        }
+        Command::ServeChild(_) => anyhow::bail!("serve-child is not available yet"),
+    }
+}

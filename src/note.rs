@@ -1,0 +1,87 @@
+//! The teaching notes: what each event means on the wire and in the kernel.
+//!
+//! They say exactly what shared/DESIGN.md's kernel table says (Linux, checked with a packet
+//! capture). Keeping them in one file keeps the server modes and the client telling the
+//! same story, and lets a teacher review every claim tcp-lab makes in one sitting.
+
+pub const LISTEN: &str =
+    "listen(): from now on the kernel answers SYNs by itself and queues finished \
+handshakes (up to the backlog) until the program calls accept()";
+
+pub const ACCEPT: &str =
+    "accept() handed us a connection the kernel had already set up (SYN, SYN-ACK, \
+ACK) and queued; the listening socket keeps listening";
+
+pub const CONNECT: &str =
+    "connect() returned: the three-way handshake is done. The server's kernel \
+completed it, whether or not its program has called accept() yet";
+
+pub const REFUSED: &str =
+    "connect() failed ECONNREFUSED: our SYN was answered by an RST, because nothing \
+listens on that port";
+
+pub const RECV: &str =
+    "read() returned what had arrived so far: TCP is a byte stream and keeps no \
+message boundaries";
+
+pub const SEND: &str = "write() copied the bytes into the kernel's send buffer; that is all a \
+successful write means";
+
+pub const EOF: &str =
+    "read() returned 0: the peer's FIN. It will send nothing more; our socket is \
+CLOSE_WAIT until we close too";
+
+pub const EOF_NAIVE: &str = "read() returned 0: the server's FIN, which may have arrived long ago, \
+while we were blocked reading stdin: a blocking client only notices on its next read. A write into \
+that closed connection still succeeded (into our kernel); the server's kernel answered it with an RST, \
+so the next write fails EPIPE";
+
+pub const CLOSE_FIRST: &str =
+    "close(): the kernel sends our FIN and the peer's read returns 0 (EOF). \
+We closed first, so the kernel keeps this connection in TIME_WAIT after the descriptor is gone \
+(ss -tan state time-wait)";
+
+pub const CLOSE_AFTER_EOF: &str =
+    "close() after the peer's FIN: our FIN goes out (LAST_ACK) and the \
+connection is over; the peer, which closed first, keeps the TIME_WAIT";
+
+pub const CLOSE_BYE: &str =
+    "the bye word: we close without echoing it. The kernel sends our FIN and \
+the peer's read returns 0 (EOF); we closed first, so TIME_WAIT stays on our side";
+
+pub const CLOSE_STOP: &str =
+    "stopping: we close the connection, so the kernel sends a FIN and the \
+peer's read returns 0 (EOF)";
+
+pub const CLOSE_CRASH: &str = "the handler died (--crash-after) without closing anything: the kernel \
+closed its socket and sent the FIN. The peer only sees an ordinary EOF, and learns nothing of the crash";
+
+pub const ABORT: &str =
+    "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
+anything unsent. The peer's next read fails ECONNRESET; nobody keeps a TIME_WAIT";
+
+pub const RESET: &str =
+    "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
+it never read, or we wrote after it was gone). The connection is destroyed at once";
+
+pub const BROKEN_PIPE: &str =
+    "write() failed EPIPE: the connection is already dead (its FIN came, and \
+our last write was answered with an RST). C and Python die of SIGPIPE here; Rust writes with \
+MSG_NOSIGNAL, so it gets the error instead";
+
+pub const SHUTDOWN: &str = "shutdown(Write): our FIN goes out, but the socket stays open for reading \
+(FIN_WAIT1, then FIN_WAIT2 once the FIN is acknowledged). The peer reads EOF and may still send; we keep reading";
+
+pub const TIMEOUT: &str = "idle too long (--idle-timeout): we close, the kernel sends our FIN";
+
+pub const LIMIT: &str =
+    "over --max-conns: accepted (the kernel had finished the handshake anyway), \
+told `server full`, and closed at once with a FIN";
+
+pub const EMFILE: &str = "accept() failed: no file descriptor left for the new socket. The \
+connection stays in the kernel's queue; we back off instead of retrying in a tight loop";
+
+pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connection with a FIN, and \
+print a summary";
+
+pub const SUMMARY: &str = "what this run did";

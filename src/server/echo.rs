@@ -1,0 +1,214 @@
+//! The echo handler's steps, shared by the blocking, threaded and process models: each of
+//! them hands one accepted connection to [`serve`] and differs only in *who* runs it.
+//!
+//! One connection's life: read whatever arrived, echo exactly those bytes back, and end on
+//! the peer's FIN (EOF), its RST, the bye word, an idle timeout, Ctrl-C, or one of the
+//! failure options (`--crash-after`, `--reset-after`) that make a lesson happen on purpose.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use socket2::SockRef;
+
+use super::{Connection, Server, Stats, TICK};
+use crate::event::Kind;
+use crate::note;
+use crate::outcome::{self, ReadOutcome, WriteOutcome};
+
+/// The most a handler reads at once; also the memory a connection costs us.
+pub const READ_BUF: usize = 64 * 1024;
+
+/// How a connection ended, so the mode can do what its model does with a crash.
+pub enum Ending {
+    /// The handler closed (or lost) the connection itself; nothing is left to do.
+    Finished,
+    /// `--crash-after` was reached: the mode must die "abruptly" with the socket still open
+    /// (blocking: drop it; threaded: panic; process: exit), so the kernel sends the FIN.
+    Crashed(Connection),
+}
+
+/// Serve one connection until it ends.
+pub fn serve(conn: Connection, server: &Server) -> Ending {
+    let out = &server.out;
+    let config = &server.config;
+    // A blocked read() or write() wakes every TICK, so Ctrl-C and --idle-timeout are noticed
+    // even while the peer is silent (SO_RCVTIMEO / SO_SNDTIMEO).
+    if let Err(e) = set_timeouts(&conn) {
+        out.emit(
+            conn.event(Kind::Error)
+                .detail(format!("cannot set timeouts: {e}")),
+        );
+        return Ending::Finished;
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    let mut messages = 0u64;
+    let mut last_heard = Instant::now();
+
+    loop {
+        if server.stop.requested() {
+            close(conn, server, note::CLOSE_STOP);
+            return Ending::Finished;
+        }
+        let n = match outcome::classify_read((&conn.stream).read(&mut buf)) {
+            ReadOutcome::Data(n) => n,
+            ReadOutcome::Eof => {
+                out.emit(conn.event(Kind::Eof).note(note::EOF));
+                close(conn, server, note::CLOSE_AFTER_EOF);
+                return Ending::Finished;
+            }
+            ReadOutcome::Reset => {
+                report_reset(&conn, server, "read()");
+                return Ending::Finished;
+            }
+            // The read timed out: nothing arrived during this TICK.
+            ReadOutcome::WouldBlock => {
+                let idle_for = last_heard.elapsed();
+                if config.idle_timeout.is_some_and(|limit| idle_for >= limit) {
+                    out.emit(
+                        conn.event(Kind::Timeout)
+                            .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
+                            .note(note::TIMEOUT),
+                    );
+                    drop(conn); // close(): the FIN goes out
+                    return Ending::Finished;
+                }
+                continue;
+            }
+            // A signal interrupted read(); nothing happened to the socket.
+            ReadOutcome::Interrupted => continue,
+            ReadOutcome::Failed(e) => {
+                report_error(&conn, server, "read()", &e);
+                return Ending::Finished;
+            }
+        };
+
+        let message = &buf[..n];
+        last_heard = Instant::now();
+        messages += 1;
+        Stats::add(&server.stats.messages, 1);
+        if out.wants_data() {
+            out.emit(conn.event(Kind::Recv).payload(message).note(note::RECV));
+        }
+        if is_bye(message, &config.bye_word) {
+            close(conn, server, note::CLOSE_BYE);
+            return Ending::Finished;
+        }
+        if let Some(delay) = config.delay {
+            // The handler "works" before answering: only this connection waits.
+            if server.stop.sleep(delay) {
+                continue; // stopping: the top of the loop closes the connection
+            }
+        }
+        if !echo(&conn, message, server) {
+            return Ending::Finished;
+        }
+        if config.crash_after == Some(messages) {
+            return Ending::Crashed(conn);
+        }
+        if config.reset_after == Some(messages) {
+            abort(conn, server);
+            return Ending::Finished;
+        }
+    }
+}
+
+fn set_timeouts(conn: &Connection) -> std::io::Result<()> {
+    conn.stream.set_read_timeout(Some(TICK))?;
+    conn.stream.set_write_timeout(Some(TICK))
+}
+
+/// Write all of `message` back. Returns false if the connection died on the way.
+fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
+    let mut written = 0;
+    while written < message.len() {
+        match outcome::classify_write((&conn.stream).write(&message[written..])) {
+            WriteOutcome::Wrote(n) => written += n,
+            // The send buffer is full (the peer is not reading): wait, unless we are stopping.
+            WriteOutcome::WouldBlock if !server.stop.requested() => continue,
+            WriteOutcome::WouldBlock => return false,
+            WriteOutcome::Interrupted => continue,
+            WriteOutcome::BrokenPipe => {
+                server.out.emit(
+                    conn.event(Kind::BrokenPipe)
+                        .errno(Some("EPIPE"))
+                        .note(note::BROKEN_PIPE),
+                );
+                return false;
+            }
+            WriteOutcome::Reset => {
+                report_reset(conn, server, "write()");
+                return false;
+            }
+            WriteOutcome::Failed(e) => {
+                report_error(conn, server, "write()", &e);
+                return false;
+            }
+        }
+    }
+    Stats::add(&server.stats.bytes_echoed, message.len() as u64);
+    if server.out.wants_data() {
+        server
+            .out
+            .emit(conn.event(Kind::Send).payload(message).note(note::SEND));
+    }
+    true
+}
+
+/// Is this message the bye word? One read's bytes with trailing whitespace trimmed, or any
+/// whole line of them.
+pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
+    let word = bye_word.as_bytes();
+    message.trim_ascii_end() == word
+        || message
+            .split(|&b| b == b'\n')
+            .any(|line| line.trim_ascii_end() == word)
+}
+
+/// close(): the kernel sends our FIN.
+pub fn close(conn: Connection, server: &Server, why: &'static str) {
+    server.out.emit(conn.event_closed(Kind::Close).note(why));
+    drop(conn); // the descriptor is closed here
+}
+
+/// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
+pub fn abort(conn: Connection, server: &Server) {
+    if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(std::time::Duration::ZERO)) {
+        report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
+    }
+    server
+        .out
+        .emit(conn.event_closed(Kind::Abort).note(note::ABORT));
+    drop(conn);
+}
+
+fn report_reset(conn: &Connection, server: &Server, call: &str) {
+    Stats::add(&server.stats.resets, 1);
+    server.out.emit(
+        conn.event(Kind::Reset)
+            .errno(Some("ECONNRESET"))
+            .detail(format!("{call} failed"))
+            .note(note::RESET),
+    );
+}
+
+fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io::Error) {
+    server.out.emit(
+        conn.event(Kind::Error)
+            .errno(outcome::errno_name(e))
+            .detail(format!("{call} failed: {e}")),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bye;
+
+    #[test]
+    fn bye_is_a_whole_message_or_a_whole_line() {
+        assert!(is_bye(b"Bye", "Bye"));
+        assert!(is_bye(b"Bye\r\n", "Bye"));
+        assert!(is_bye(b"hello\nBye\n", "Bye"));
+        assert!(!is_bye(b"Bye bye", "Bye"));
+        assert!(!is_bye(b"Byeee", "Bye"));
+    }
+}

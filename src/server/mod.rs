@@ -1,0 +1,286 @@
+//! What every server mode shares: its options, the listening socket, Ctrl-C, counters and
+//! the summary. The modes themselves live one per file beside this one.
+//!
+//! Read [`run`] first: it binds, listens, installs the Ctrl-C handler and hands the
+//! listening socket to the mode the learner picked.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::cli::{Mode, ServeArgs};
+use crate::event::{Event, Kind, Output, Role};
+use crate::{note, outcome, tcp_state};
+
+pub mod blocking;
+pub mod echo;
+
+/// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
+/// that the server stops "within a second", long enough to cost nothing.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long to wait before accepting again after running out of descriptors.
+pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The options every mode obeys, in the units the code needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// The handler "works" this long before echoing.
+    pub delay: Option<Duration>,
+    /// A message equal to it closes the connection.
+    pub bye_word: String,
+    /// After this many messages the handler dies abruptly.
+    pub crash_after: Option<u64>,
+    /// After this many messages close with an RST.
+    pub reset_after: Option<u64>,
+    /// Stop once this many connections have finished.
+    pub exit_after: Option<u64>,
+    /// Above this many open connections, turn newcomers away.
+    pub max_conns: Option<u64>,
+    /// Close a connection idle this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Config {
+    pub fn from_args(args: &ServeArgs) -> Config {
+        Config {
+            mode: args.mode,
+            delay: args.delay.map(Duration::from_millis),
+            bye_word: args.bye_word.clone(),
+            crash_after: args.crash_after,
+            reset_after: args.reset_after,
+            exit_after: args.exit_after,
+            max_conns: args.max_conns,
+            idle_timeout: args.idle_timeout.map(Duration::from_secs),
+        }
+    }
+}
+
+/// Counters for the summary; atomics, because the threaded mode's handlers share them.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub finished: AtomicU64,
+    pub messages: AtomicU64,
+    pub bytes_echoed: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A stop request (Ctrl-C or SIGTERM) that sleeping code can wait on.
+#[derive(Default)]
+pub struct Stop {
+    requested: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Stop {
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Sleep up to `duration`, waking early on a stop request. Returns true if stopped.
+    pub fn sleep(&self, duration: Duration) -> bool {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .wait_timeout_while(guard, duration, |_| !self.requested())
+            .unwrap_or_else(|p| p.into_inner());
+        self.requested()
+    }
+}
+
+/// Everything a mode needs, shared (by `Arc`) with handler threads.
+pub struct Server {
+    pub config: Config,
+    pub out: Output,
+    pub stop: Stop,
+    pub stats: Stats,
+}
+
+impl Server {
+    /// True once `--exit-after` connections have finished.
+    pub fn exit_after_reached(&self) -> bool {
+        self.config
+            .exit_after
+            .is_some_and(|n| Stats::get(&self.stats.finished) >= n)
+    }
+
+    /// Should the accept loop keep going?
+    pub fn keep_accepting(&self) -> bool {
+        !self.stop.requested() && !self.exit_after_reached()
+    }
+
+    /// Report an accept() that failed. Running out of descriptors is reported once per
+    /// episode (`reported_emfile`) and answered by backing off; the caller decides how.
+    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) {
+        if outcome::out_of_descriptors(error) {
+            if !*reported_emfile {
+                self.out.emit(
+                    Event::new(Kind::Error)
+                        .errno(outcome::errno_name(error))
+                        .detail("accept() failed: out of file descriptors")
+                        .note(note::EMFILE),
+                );
+                *reported_emfile = true;
+            }
+        } else if !outcome::is_reset(error) {
+            // ECONNABORTED (a queued connection was reset before we took it) is routine;
+            // anything else is worth a line.
+            self.out.emit(
+                Event::new(Kind::Error)
+                    .errno(outcome::errno_name(error))
+                    .detail(format!("accept() failed: {error}")),
+            );
+        }
+    }
+}
+
+/// One accepted connection: its number, its socket, and both ends' addresses.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub stream: TcpStream,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Connection {
+    pub fn new(id: u64, stream: TcpStream) -> Connection {
+        let local = stream.local_addr().ok();
+        let peer = stream.peer_addr().ok();
+        Connection {
+            id,
+            stream,
+            local,
+            peer,
+        }
+    }
+
+    /// An event about this connection, with the kernel's TCP state of its socket right now.
+    pub fn event(&self, kind: Kind) -> Event {
+        Event::new(kind)
+            .conn(self.id)
+            .addrs(self.local, self.peer)
+            .state(tcp_state::of(&self.stream))
+    }
+
+    /// An event about this connection after its socket is gone (no TCP state to read).
+    pub fn event_closed(&self, kind: Kind) -> Event {
+        Event::new(kind).conn(self.id).addrs(self.local, self.peer)
+    }
+}
+
+/// `tcp-lab serve`: listen, then run the chosen mode until it stops.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let config = Config::from_args(args);
+    let out = Output::new(Role::Server, Some(args.mode), &args.output).quiet(args.quiet);
+    let addr = args.addr.resolve()?;
+    let listener = listen(addr, args.backlog)?;
+    out.emit(
+        Event::new(Kind::Listen)
+            .addrs(listener.local_addr().ok(), None)
+            .state(tcp_state::of(&listener))
+            .detail(format!("backlog {}", args.backlog))
+            .note(note::LISTEN),
+    );
+
+    let server = Arc::new(Server {
+        config,
+        out,
+        stop: Stop::default(),
+        stats: Stats::default(),
+    });
+    install_stop_handler(&server)?;
+
+    match args.mode {
+        Mode::Blocking => blocking::run(&listener, &server),
+        other => anyhow::bail!("--mode {} is not available yet", other.name()),
+    }
+
+    emit_summary(&server);
+    Ok(())
+}
+
+/// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
+fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .context("cannot create a socket")?;
+    // SO_REUSEADDR lets a restarted server bind its port while connections of the last run
+    // still sit in TIME_WAIT (the seeds set it too; std's TcpListener::bind always does).
+    socket
+        .set_reuse_address(true)
+        .context("cannot set SO_REUSEADDR")?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| anyhow::anyhow!(bind_error(&e, addr)))?;
+    // std's TcpListener::bind fixes the backlog at 128; socket2 lets the learner choose it.
+    socket
+        .listen(backlog)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(socket.into())
+}
+
+/// bind() errors, said so a learner knows what to do next.
+fn bind_error(e: &io::Error, addr: SocketAddr) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            format!("{addr} is already in use — is another server running? try --port 0")
+        }
+        Some(libc::EACCES) => format!(
+            "cannot bind {addr}: permission denied — ports below 1024 need privileges; try --port 7788 or --port 0"
+        ),
+        Some(libc::EADDRNOTAVAIL) => format!(
+            "cannot bind {addr}: no interface of this machine has that address — try --host 127.0.0.1"
+        ),
+        _ => format!("cannot bind {addr}: {e}"),
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM set the stop flag; every mode checks it at least every TICK.
+fn install_stop_handler(server: &Arc<Server>) -> Result<()> {
+    let server = Arc::clone(server);
+    ctrlc::set_handler(move || {
+        if !server.stop.requested() {
+            server.out.emit(Event::new(Kind::Stop).note(note::STOP));
+        }
+        server.stop.request();
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+fn emit_summary(server: &Server) {
+    let stats = &server.stats;
+    server.out.emit(
+        Event::new(Kind::Summary)
+            .stat("connections", Stats::get(&stats.accepted))
+            .stat("finished", Stats::get(&stats.finished))
+            .stat("messages", Stats::get(&stats.messages))
+            .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
+            .stat("resets", Stats::get(&stats.resets))
+            .note(note::SUMMARY),
+    );
+    server.out.flush();
+}

@@ -1,0 +1,279 @@
+//! Test harness: run the real `tcp-lab` binary, read its events as JSON lines, and wait for
+//! them with a bound. Nothing here sleeps to synchronise: a test waits for the event that
+//! proves what it needs.
+
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
+
+/// The bound on any single wait. Generous: CI is a loaded 2-core machine. A passing test
+/// never waits this long; a failing one fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub const MODES: [&str; 5] = ["blocking", "threaded", "process", "nonblocking", "poll"];
+
+/// A running tcp-lab process and the events it has printed.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    stderr: Receiver<String>,
+    stdin: Option<ChildStdin>,
+    /// Every event read so far, in order.
+    pub seen: Vec<Value>,
+    /// How far `expect` has looked in `seen`: each expectation starts after the last match.
+    cursor: usize,
+    name: String,
+}
+
+impl Proc {
+    /// Start `tcp-lab ARGS --format json` with piped stdin, stdout and stderr.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).args(["--format", "json"]);
+        Proc::spawn_command(cmd, &args.join(" "))
+    }
+
+    /// Like [`Proc::spawn_command`], with stdin from a file instead of a pipe.
+    pub fn spawn_with_stdin(mut cmd: Command, stdin: std::fs::File, name: &str) -> Proc {
+        cmd.stdin(stdin);
+        Proc::start(cmd, name, false)
+    }
+
+    /// Start a prepared command (extra environment, limits) with the same plumbing.
+    pub fn spawn_command(cmd: Command, name: &str) -> Proc {
+        Proc::start(cmd, name, true)
+    }
+
+    fn start(mut cmd: Command, name: &str, pipe_stdin: bool) -> Proc {
+        if pipe_stdin {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-lab");
+        let lines = pipe_lines(child.stdout.take().unwrap());
+        let stderr = pipe_lines(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            lines,
+            stderr,
+            stdin,
+            seen: Vec::new(),
+            cursor: 0,
+            name: name.to_string(),
+        }
+    }
+
+    /// The next event, or None if the process printed nothing more within `timeout`
+    /// (or exited).
+    pub fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("{}: not a JSON event ({e}): {line}", self.name));
+                self.seen.push(event.clone());
+                Some(event)
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// The next raw line of stdout (for text output), or None within `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Wait for the next event of `kind` that also satisfies `matches`, looking first at
+    /// events already read (after the previous match), then at new ones.
+    pub fn expect_where(&mut self, kind: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let is_it = |e: &Value| e["kind"] == kind && matches(e);
+        if let Some(i) = self.seen[self.cursor..].iter().position(is_it) {
+            self.cursor += i + 1;
+            return self.seen[self.cursor - 1].clone();
+        }
+        self.cursor = self.seen.len();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_event(left) {
+                Some(e) if is_it(&e) => {
+                    self.cursor = self.seen.len();
+                    return e;
+                }
+                Some(_) => continue,
+                None => panic!(
+                    "{}: no `{kind}` event within {WAIT:?}; events so far:\n{}\nstderr: {}",
+                    self.name,
+                    self.history(),
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    pub fn expect(&mut self, kind: &str) -> Value {
+        self.expect_where(kind, |_| true)
+    }
+
+    /// Wait for `kind` on connection `conn`.
+    pub fn expect_conn(&mut self, kind: &str, conn: u64) -> Value {
+        self.expect_where(kind, |e| e["conn"] == conn)
+    }
+
+    /// Kinds seen so far, in order, optionally for one connection.
+    pub fn kinds(&self, conn: Option<u64>) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|e| conn.is_none_or(|c| e["conn"] == c))
+            .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    /// Position of the first seen event of `kind` (on `conn`, if given).
+    pub fn position(&self, kind: &str, conn: Option<u64>) -> Option<usize> {
+        self.seen
+            .iter()
+            .position(|e| e["kind"] == kind && conn.is_none_or(|c| e["conn"] == c))
+    }
+
+    pub fn history(&self) -> String {
+        self.seen
+            .iter()
+            .map(|e| format!("  {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Wait for the process to exit, reading every event it printed. Panics after WAIT.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.wait_exit_within(WAIT)
+    }
+
+    pub fn wait_exit_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while self.next_event(Duration::from_secs(2)).is_some() {}
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{}: still running after {limit:?}; events:\n{}",
+                    self.name,
+                    self.history()
+                );
+            }
+            // Drain output while waiting, so the child never blocks on a full pipe.
+            let _ = self.next_event(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process wrote to stderr so far (after it exited: all of it).
+    pub fn stderr_text(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+
+    pub fn write_stdin(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).expect("write to child stdin");
+        stdin.flush().unwrap();
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({signal})");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pipe_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Start `tcp-lab serve --mode MODE --port 0 EXTRA…` and wait for its `listen` event.
+pub fn server(mode: &str, extra: &[&str]) -> (Proc, u16) {
+    let mut args = vec!["serve", "--mode", mode, "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut server = Proc::spawn(&args);
+    let listen = server.expect("listen");
+    let port = port_of(&listen["local"]);
+    (server, port)
+}
+
+pub fn port_of(addr: &Value) -> u16 {
+    let addr = addr.as_str().expect("an ip:port string");
+    addr.rsplit(':').next().unwrap().parse().expect("a port")
+}
+
+/// Start `tcp-lab client --port PORT EXTRA…`.
+pub fn client(port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    let mut args = vec!["client", "--port", port.as_str()];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
+/// A raw peer on 127.0.0.1: a plain socket with a read timeout, for bytes no client sends.
+pub fn raw_peer(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+}
+
+/// Read exactly `n` bytes (bounded by the socket's read timeout).
+pub fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut got = vec![0; n];
+    stream
+        .read_exact(&mut got)
+        .expect("echo within the timeout");
+    got
+}
+
+/// A port nobody listens on: a socket bound to it but not listening, kept open by the
+/// caller so no one else can take the port. A SYN to it is answered by an RST.
+pub fn unused_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&addr.into()).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    (socket, port)
+}
