@@ -183,6 +183,9 @@ impl Event {
     }
 }
 
+/// The environment variable through which a parent shares its clock with its children.
+pub const EPOCH_ENV: &str = "TCP_LAB_EPOCH_NS";
+
 /// Who prints: the server or the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -217,8 +220,10 @@ pub struct Output {
 }
 
 impl Output {
+    /// Events to stdout. Times count from now, or from `TCP_LAB_EPOCH_NS` (nanoseconds since
+    /// the Unix epoch) when a parent process (`tcp-lab demo`) set it to share one clock.
     pub fn new(role: Role, mode: Option<Mode>, args: &OutputArgs) -> Output {
-        Output {
+        let output = Output {
             role,
             mode,
             format: args.format,
@@ -227,6 +232,10 @@ impl Output {
             flush_each: true,
             start: Instant::now(),
             sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+        };
+        match std::env::var(EPOCH_ENV).ok().and_then(|v| v.parse().ok()) {
+            Some(epoch_ns) => output.since_epoch_ns(epoch_ns),
+            None => output,
         }
     }
 

@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use socket2::SockRef;
 
 use super::echo::{self, Ending};
-use super::{Connection, Server, Stats, EMFILE_BACKOFF, TICK};
+use super::{Connection, Server, EMFILE_BACKOFF, TICK};
 use crate::event::Kind;
 use crate::{note, outcome};
 
@@ -47,8 +47,7 @@ pub fn run(listener: &TcpListener, server: &Server) {
 
         let conn = Connection::new(next_id, stream);
         next_id += 1;
-        Stats::add(&server.stats.accepted, 1);
-        server.out.emit(conn.event(Kind::Accept).note(note::ACCEPT));
+        server.opened(&conn);
 
         // Serve this client to the end. Everyone else waits in the kernel's accept queue.
         match echo::serve(conn, server) {
@@ -61,6 +60,6 @@ pub fn run(listener: &TcpListener, server: &Server) {
                 drop(conn);
             }
         }
-        Stats::add(&server.stats.finished, 1);
+        server.finished();
     }
 }

@@ -4,7 +4,7 @@
 //! Read [`run`] first: it binds, listens, installs the Ctrl-C handler and hands the
 //! listening socket to the mode the learner picked.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -70,6 +70,10 @@ pub struct Stats {
     pub messages: AtomicU64,
     pub bytes_echoed: AtomicU64,
     pub resets: AtomicU64,
+    /// Connections being served right now (for --max-conns).
+    pub open: AtomicU64,
+    /// Connections turned away by --max-conns.
+    pub turned_away: AtomicU64,
 }
 
 impl Stats {
@@ -79,6 +83,10 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -131,6 +139,41 @@ impl Server {
     /// Should the accept loop keep going?
     pub fn keep_accepting(&self) -> bool {
         !self.stop.requested() && !self.exit_after_reached()
+    }
+
+    /// Is the server at `--max-conns`? Then the next connection is turned away.
+    pub fn is_full(&self) -> bool {
+        self.config
+            .max_conns
+            .is_some_and(|max| Stats::get(&self.stats.open) >= max)
+    }
+
+    /// Over `--max-conns`: the kernel already accepted the connection for us, so the polite
+    /// answer is to say why and close (a FIN), rather than leave the peer waiting.
+    pub fn turn_away(&self, conn: Connection) {
+        // One short write into an empty send buffer: it never blocks, and if the peer is
+        // already gone there is nobody to tell.
+        let _ = (&conn.stream).write(b"server full\n");
+        Stats::add(&self.stats.turned_away, 1);
+        self.out.emit(
+            conn.event(Kind::Limit)
+                .detail(format!("{} connections open", Stats::get(&self.stats.open)))
+                .note(note::LIMIT),
+        );
+        drop(conn); // close(): the FIN follows "server full"
+    }
+
+    /// A connection was accepted and will be served: count it and say so.
+    pub fn opened(&self, conn: &Connection) {
+        Stats::add(&self.stats.accepted, 1);
+        Stats::add(&self.stats.open, 1);
+        self.out.emit(conn.event(Kind::Accept).note(note::ACCEPT));
+    }
+
+    /// A connection's service ended (however it ended).
+    pub fn finished(&self) {
+        Stats::sub(&self.stats.open, 1);
+        Stats::add(&self.stats.finished, 1);
     }
 
     /// Report an accept() that failed. Running out of descriptors is reported once per
@@ -280,6 +323,7 @@ fn emit_summary(server: &Server) {
             .stat("messages", Stats::get(&stats.messages))
             .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
             .stat("resets", Stats::get(&stats.resets))
+            .stat("turned_away", Stats::get(&stats.turned_away))
             .note(note::SUMMARY),
     );
     server.out.flush();
