@@ -34,6 +34,15 @@ pub enum Command {
         tcp-lab client --send hi --abort         # close with an RST instead of a FIN\n  \
         tcp-lab client --naive                   # blocks in recv: misses the server's FIN")]
     Client(ClientArgs),
+    /// List the lessons, or print one (by number or name).
+    #[command(after_help = "Examples:\n  \
+        tcp-lab lesson                 # the list\n  \
+        tcp-lab lesson 0               # start here\n  \
+        tcp-lab lesson resets          # a lesson by name\n  \
+        tcp-lab lesson 6 | less -R     # page through one")]
+    Lesson(LessonArgs),
+    /// Print a shell completion script: `tcp-lab completions bash > ~/.tcp-lab.bash`.
+    Completions(CompletionsArgs),
     /// Internal: the process model's child, serving one inherited connection.
     #[command(hide = true, name = "serve-child")]
     ServeChild(ServeChildArgs),
@@ -179,6 +188,23 @@ pub struct ClientArgs {
     pub output: OutputArgs,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct LessonArgs {
+    /// The lesson's number (`6`, `06`) or name (`close`); without it, the list.
+    #[arg(value_name = "N|NAME")]
+    pub lesson: Option<String>,
+    /// Format headings and code for a terminal.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// What the process model's parent tells the child it re-executes.
 #[derive(Debug, Clone, Args)]
 pub struct ServeChildArgs {
@@ -193,6 +219,13 @@ pub struct ServeChildArgs {
     pub epoch_ns: u128,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// Write the completion script for `shell` to stdout.
+pub fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "tcp-lab", &mut std::io::stdout());
 }
 
 impl AddrArgs {

@@ -12,12 +12,14 @@
 //! | [`tcp_state`] | the kernel's TCP state of a socket (TCP_INFO) | 06 |
 //! | [`event`] | how events are printed (text or JSON) and how peer bytes are escaped | 00 |
 //! | [`cli`] | the command line | 00 |
+//! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
 //!
 //! [`server`] holds what every mode shares: options, bind/listen, Ctrl-C and the summary.
 
 pub mod cli;
 pub mod client;
 pub mod event;
+pub mod lesson;
 pub mod note;
 pub mod outcome;
 pub mod server;
@@ -37,6 +39,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Client(args) => {
             event::set_color(args.output.color);
             client::run(&args)
+        }
+        Command::Lesson(args) => {
+            event::set_color(args.color);
+            lesson::run(&args)
+        }
+        Command::Completions(args) => {
+            cli::print_completions(args.shell);
+            Ok(())
         }
         Command::ServeChild(_) => anyhow::bail!("serve-child is not available yet"),
     }
