@@ -143,6 +143,10 @@ pub struct ServeArgs {
     /// Lifecycle events only: no per-message recv/send events (for load).
     #[arg(long)]
     pub quiet: bool,
+    /// Process mode, for `tcp-lab demo parent-keeps-fd`: the parent "forgets" to close its
+    /// copy of each socket until the server stops.
+    #[arg(long, hide = true)]
+    pub parent_keeps_fd: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -188,9 +192,6 @@ pub struct ServeChildArgs {
     /// The connection number the parent gave it.
     #[arg(long)]
     pub conn: u64,
-    /// The parent's start, in nanoseconds since the Unix epoch, so times line up.
-    #[arg(long)]
-    pub epoch_ns: u128,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
