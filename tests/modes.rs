@@ -34,6 +34,27 @@ macro_rules! every_mode {
     )*};
 }
 
+/// The same, for the models that serve several connections at once.
+macro_rules! concurrent_modes {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn threaded() {
+                super::$test("threaded")
+            }
+            #[test]
+            fn process() {
+                super::$test("process")
+            }
+        }
+    )*};
+}
+
+concurrent_modes!(
+    max_conns_turns_newcomers_away_politely,
+    delay_holds_up_only_its_own_connection
+);
+
 every_mode!(
     twenty_concurrent_clients_each_get_five_exact_echoes,
     a_16_mib_payload_is_echoed_byte_exact,
@@ -239,6 +260,39 @@ fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn max_conns_turns_newcomers_away_politely(mode: &str) {
+    let (mut server, port) = server(mode, &["--max-conns", "1"]);
+    let mut first = client(port, &[]);
+    first.write_stdin(b"in\n");
+    first.expect("recv");
+
+    let mut second = raw_peer(port);
+    let mut answer = String::new();
+    second
+        .read_to_string(&mut answer)
+        .expect("a FIN after the message");
+    assert_eq!(answer, "server full\n");
+    let limit = server.expect("limit");
+    assert_eq!(limit["conn"], 2);
+
+    // The first client is still served.
+    first.write_stdin(b"still in\n");
+    assert_eq!(first.expect("recv")["data"], "still in\\n");
+}
+
+fn delay_holds_up_only_its_own_connection(mode: &str) {
+    let (mut server, port) = server(mode, &["--delay", "60000"]);
+    // The first client's echo is a minute away; it waits, connected.
+    let _slow = client(port, &["--send", "slow"]);
+    server.expect_conn("recv", 1);
+    // Meanwhile a second connection is accepted and read at once.
+    let mut fast = raw_peer(port);
+    fast.write_all(b"fast").unwrap();
+    let recv = server.expect_conn("recv", 2);
+    assert_eq!(recv["data"], "fast");
+    assert_eq!(server.position("send", Some(1)), None);
 }
 
 fn open_descriptors(pid: u32) -> usize {
