@@ -117,7 +117,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub addr: AddrArgs,
     /// The listen backlog: how many finished handshakes the kernel queues before accept().
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(i32).range(1..=65535))]
     pub backlog: i32,
     /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s).
     #[arg(long, value_name = "MS")]
@@ -168,7 +168,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub bye: bool,
     /// Stay connected and idle SECS seconds before closing.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub hold: Option<f64>,
     /// Close with shutdown(Write) (our FIN), then keep reading until the server's EOF.
     #[arg(long, conflicts_with = "abort")]
@@ -211,5 +211,14 @@ impl AddrArgs {
         addrs
             .next()
             .ok_or_else(|| anyhow::anyhow!("host {:?} has no address — try 127.0.0.1", self.host))
+    }
+}
+
+/// A number of seconds: finite and not negative (fractions allowed).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("must be between 0 and 86400 seconds".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
