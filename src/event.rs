@@ -529,8 +529,12 @@ mod tests {
 
     #[test]
     fn notes_wrap_at_spaces() {
-        let lines: Vec<String> = wrap("one two three four", 9).collect();
-        assert_eq!(lines, ["one two", "three", "four"]);
+        let text = "the peer's FIN arrived: read() returned 0 and we close too";
+        let lines: Vec<String> = wrap(text, 24).collect();
+        assert_eq!(
+            lines,
+            ["the peer's FIN arrived:", "read() returned 0 and we", "close too"]
+        );
     }
 
     #[test]

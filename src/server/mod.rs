@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::cli::{Mode, ServeArgs};
 use crate::event::{Event, Kind, Output, Role};
@@ -178,9 +178,16 @@ impl Server {
         Stats::add(&self.stats.finished, 1);
     }
 
-    /// Report an accept() that failed. Running out of descriptors is reported once per
-    /// episode (`reported_emfile`) and answered by backing off; the caller decides how.
-    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) {
+    /// Report an accept() that failed, and say whether to back off (stop accepting for
+    /// EMFILE_BACKOFF). Nothing arrived yet (EAGAIN, or the TICK timeout of the blocking
+    /// models) or a signal interrupted the call: no, just try again. Out of descriptors:
+    /// report it once per episode and back off, the way nginx does — the connection waits
+    /// in the kernel's queue, and we stop asking for a moment instead of failing in a tight
+    /// loop. Anything else: report it and back off too.
+    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) -> bool {
+        if outcome::would_block(error) || outcome::interrupted(error) {
+            return false;
+        }
         if outcome::out_of_descriptors(error) {
             if !*reported_emfile {
                 self.out.emit(
@@ -200,6 +207,17 @@ impl Server {
                     .detail(format!("accept() failed: {error}")),
             );
         }
+        true
+    }
+}
+
+/// accept() blocks until a connection is queued. A receive timeout on the listening socket
+/// makes it give up every TICK (EAGAIN), so the blocking models can notice Ctrl-C.
+pub fn wake_accept_every_tick(listener: &TcpListener, server: &Server) {
+    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(TICK)) {
+        server.out.emit(Event::new(Kind::Error).detail(format!(
+            "cannot set an accept timeout: {e}; Ctrl-C waits for a client"
+        )));
     }
 }
 

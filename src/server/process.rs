@@ -28,13 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use socket2::SockRef;
 
 use super::echo::{self, Ending};
-use super::{Config, Connection, Server, Stats, Stop, EMFILE_BACKOFF, TICK};
+use super::{Config, Connection, Server, Stats, Stop, EMFILE_BACKOFF};
 use crate::cli::{Mode, ServeChildArgs};
 use crate::event::{Event, Kind, Output, Role, EPOCH_ENV};
-use crate::{note, outcome};
+use crate::note;
 
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
@@ -50,11 +49,7 @@ struct Worker {
 
 /// The parent: accept, spawn a child for the connection, close our copy, reap children.
 pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) {
-    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(TICK)) {
-        server
-            .out
-            .emit(Event::new(Kind::Error).detail(format!("cannot set an accept timeout: {e}")));
-    }
+    super::wake_accept_every_tick(listener, server);
     let mut workers: Vec<Worker> = Vec::new();
     // Only with --parent-keeps-fd: the copies the parent "forgot" to close.
     let mut kept: Vec<Connection> = Vec::new();
@@ -65,11 +60,11 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) 
         reap_exited(&mut workers, server);
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
-            // Nothing arrived this TICK, or a signal interrupted accept().
-            Err(e) if outcome::would_block(&e) || outcome::interrupted(&e) => continue,
+            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
             Err(e) => {
-                server.accept_failed(&e, &mut reported_emfile);
-                server.stop.sleep(EMFILE_BACKOFF);
+                if server.accept_failed(&e, &mut reported_emfile) {
+                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
+                }
                 continue;
             }
         };

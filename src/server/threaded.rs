@@ -18,10 +18,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use socket2::SockRef;
-
 use super::echo::{self, Ending};
-use super::{Connection, Server, EMFILE_BACKOFF, TICK};
+use super::{Connection, Server, EMFILE_BACKOFF};
 use crate::event::{Event, Kind};
 use crate::{note, outcome};
 
@@ -36,13 +34,7 @@ struct Handler {
 struct DeliberateCrash;
 
 pub fn run(listener: &TcpListener, server: &Arc<Server>) {
-    // accept() gives up every TICK so the main thread can reap finished handlers and notice
-    // Ctrl-C.
-    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(TICK)) {
-        server
-            .out
-            .emit(Event::new(Kind::Error).detail(format!("cannot set an accept timeout: {e}")));
-    }
+    super::wake_accept_every_tick(listener, server);
     silence_deliberate_crashes();
     let mut handlers: Vec<Handler> = Vec::new();
     let mut next_id = 1;
@@ -52,11 +44,11 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
         reap_finished(&mut handlers, server);
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
-            // Nothing arrived this TICK, or a signal interrupted accept().
-            Err(e) if outcome::would_block(&e) || outcome::interrupted(&e) => continue,
+            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
             Err(e) => {
-                server.accept_failed(&e, &mut reported_emfile);
-                server.stop.sleep(EMFILE_BACKOFF);
+                if server.accept_failed(&e, &mut reported_emfile) {
+                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
+                }
                 continue;
             }
         };
