@@ -126,7 +126,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub addr: AddrArgs,
     /// The listen backlog: how many finished handshakes the kernel queues before accept().
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(i32).range(1..=65535))]
     pub backlog: i32,
     /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s).
     #[arg(long, value_name = "MS")]
@@ -152,6 +152,10 @@ pub struct ServeArgs {
     /// Lifecycle events only: no per-message recv/send events (for load).
     #[arg(long)]
     pub quiet: bool,
+    /// Process mode, for `tcp-lab demo parent-keeps-fd`: the parent "forgets" to close its
+    /// copy of each socket until the server stops.
+    #[arg(long, hide = true)]
+    pub parent_keeps_fd: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -173,7 +177,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub bye: bool,
     /// Stay connected and idle SECS seconds before closing.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
     pub hold: Option<f64>,
     /// Close with shutdown(Write) (our FIN), then keep reading until the server's EOF.
     #[arg(long, conflicts_with = "abort")]
@@ -214,9 +218,6 @@ pub struct ServeChildArgs {
     /// The connection number the parent gave it.
     #[arg(long)]
     pub conn: u64,
-    /// The parent's start, in nanoseconds since the Unix epoch, so times line up.
-    #[arg(long)]
-    pub epoch_ns: u128,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -243,5 +244,14 @@ impl AddrArgs {
         addrs
             .next()
             .ok_or_else(|| anyhow::anyhow!("host {:?} has no address — try 127.0.0.1", self.host))
+    }
+}
+
+/// A number of seconds: finite and not negative (fractions allowed).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("must be between 0 and 86400 seconds".into()),
+        Err(e) => Err(e.to_string()),
     }
 }

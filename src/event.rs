@@ -215,6 +215,8 @@ pub struct Output {
     /// Flush after every event (people watching), or only on [`Output::flush`] (the event
     /// loops flush once per turn of the loop).
     flush_each: bool,
+    /// Columns to wrap notes at.
+    width: usize,
     start: Instant,
     sink: Mutex<BufWriter<Stdout>>,
 }
@@ -230,6 +232,7 @@ impl Output {
             explain: !args.no_explain,
             quiet: false,
             flush_each: true,
+            width: note_width(),
             start: Instant::now(),
             sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
         };
@@ -364,16 +367,58 @@ impl Output {
             None => self.role.name().to_string(),
         };
         let label = e.kind.paint(&format!("{:<11}", e.kind.name()));
-        let mut line = format!("{} {:<10} {label} {}", ts.dimmed(), who, text_facts(e));
+        let mut line = format!("{} {:<10} {label}", ts.dimmed(), who);
+        let facts = text_facts(e);
+        if !facts.is_empty() {
+            let _ = write!(line, " {facts}");
+        }
         if let Some(state) = e.tcp_state {
             let _ = write!(line, "  {}", format!("[{state}]").cyan());
         }
         line.push('\n');
         if self.explain && !e.note.is_empty() {
-            let _ = writeln!(line, "{:20}{} {}", "", "↳".dimmed(), e.note.italic());
+            for (i, part) in wrap(&e.note, self.width.saturating_sub(NOTE_INDENT + 2)).enumerate() {
+                let arrow = if i == 0 { "↳" } else { " " };
+                let _ = writeln!(
+                    line,
+                    "{:NOTE_INDENT$}{} {}",
+                    "",
+                    arrow.dimmed(),
+                    part.italic()
+                );
+            }
         }
         line
     }
+}
+
+/// Where a note starts: under the kind label.
+const NOTE_INDENT: usize = 20;
+
+/// Split `text` into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
+    let width = width.max(20);
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split(' ') {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    lines.push(current);
+    lines.into_iter()
+}
+
+/// The width to wrap notes at: the terminal's, at most 100 columns; 100 when not a terminal.
+fn note_width() -> usize {
+    terminal_size::terminal_size()
+        .map(|(terminal_size::Width(w), _)| usize::from(w))
+        .unwrap_or(100)
+        .min(100)
 }
 
 /// The facts of an event for people: addresses, sizes, payload, errno, detail.
@@ -480,6 +525,16 @@ mod tests {
             "\\xC4\\xE3\\xBA\\xC3"
         );
         assert_eq!(escape_bytes(&[b'o', b'k', 0xFF]), "ok\\xFF");
+    }
+
+    #[test]
+    fn notes_wrap_at_spaces() {
+        let text = "the peer's FIN arrived: read() returned 0 and we close too";
+        let lines: Vec<String> = wrap(text, 24).collect();
+        assert_eq!(
+            lines,
+            ["the peer's FIN arrived:", "read() returned 0 and we", "close too"]
+        );
     }
 
     #[test]

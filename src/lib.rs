@@ -5,6 +5,8 @@
 //! | file | what it teaches | lesson |
 //! |---|---|---|
 //! | [`server::blocking`] | one connection at a time; the listen backlog | 01 |
+//! | [`server::process`] | a child process per connection; the parent closes its copy | 02 |
+//! | [`server::threaded`] | a thread per connection; shared descriptors; a panic is local | 03 |
 //! | [`server::echo`] | one connection's life: read, echo, and every way it ends | 01, 06, 07 |
 //! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |
 //! | [`outcome`] | what a socket call's result means: 0 is a FIN, ECONNRESET an RST, … | 06, 07 |
@@ -48,6 +50,9 @@ pub fn run(cli: Cli) -> Result<()> {
             cli::print_completions(args.shell);
             Ok(())
         }
-        Command::ServeChild(_) => anyhow::bail!("serve-child is not available yet"),
+        Command::ServeChild(args) => {
+            event::set_color(args.serve.output.color);
+            server::process::run_child(&args)
+        }
     }
 }

@@ -85,3 +85,31 @@ pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connectio
 print a summary";
 
 pub const SUMMARY: &str = "what this run did";
+
+pub const SPAWN_THREAD: &str = "a new thread serves this connection; the main thread goes back to \
+accept(). Threads share descriptors, so the main thread must not close this socket";
+
+pub const EXIT_THREAD: &str = "the handler thread returned after its connection ended";
+
+pub const EXIT_THREAD_PANIC: &str =
+    "the handler thread panicked: unwinding dropped its socket, so the \
+kernel sent the FIN. Only this thread died; the server and its other connections go on";
+
+pub const SPAWN_PROCESS: &str = "a child process now serves this connection with the socket it \
+inherited. The parent closes its own copy: while any process holds one, the connection stays open \
+and the client would never see a FIN";
+
+pub const EXIT_PROCESS: &str = "the child process exited after its connection ended (the parent \
+reaps it with waitpid)";
+
+pub const EXIT_PROCESS_CRASH: &str =
+    "the child died without closing its socket; the kernel closed \
+its descriptors and sent the FIN. The parent learns of it from the exit status";
+
+pub const CLOSE_PARENT_COPY: &str =
+    "the parent finally closes the copy it kept (--parent-keeps-fd): \
+only now, with no process holding the socket, does the kernel send the FIN";
+
+pub const CLOSE_QUEUED: &str = "stopping: this connection was complete but still queued (never \
+accepted). Closing the listener would make the kernel RST it, so we accept it only to close it with \
+a FIN";

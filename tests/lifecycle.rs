@@ -244,12 +244,16 @@ fn connection_refused_is_an_event_and_exit_1() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let status = Command::new(BIN)
-        .args(["serve", "--mode", "nonsense"])
-        .output()
-        .unwrap()
-        .status;
-    assert_eq!(status.code(), Some(2));
+    for args in [
+        &["serve", "--mode", "nonsense"][..],
+        &["serve", "--backlog", "0"],
+        &["client", "--hold", "-1"],
+        &["client", "--naive", "--send", "x"],
+    ] {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!output.stderr.is_empty());
+    }
 }
 
 #[test]

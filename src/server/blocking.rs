@@ -12,34 +12,24 @@
 
 use std::net::TcpListener;
 
-use socket2::SockRef;
-
 use super::echo::{self, Ending};
-use super::{Connection, Server, EMFILE_BACKOFF, TICK};
+use super::{Connection, Server, EMFILE_BACKOFF};
 use crate::event::Kind;
-use crate::{note, outcome};
+use crate::note;
 
 pub fn run(listener: &TcpListener, server: &Server) {
-    // accept() blocks until a connection is queued. A receive timeout on the listening socket
-    // makes it give up every TICK (EAGAIN), so we can notice Ctrl-C.
-    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(TICK)) {
-        server
-            .out
-            .emit(crate::event::Event::new(Kind::Error).detail(format!(
-                "cannot set an accept timeout: {e}; Ctrl-C will wait for a client"
-            )));
-    }
+    super::wake_accept_every_tick(listener, server);
     let mut next_id = 1;
     let mut reported_emfile = false;
 
     while server.keep_accepting() {
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
-            // No connection arrived during this TICK, or a signal interrupted accept().
-            Err(e) if outcome::would_block(&e) || outcome::interrupted(&e) => continue,
+            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
             Err(e) => {
-                server.accept_failed(&e, &mut reported_emfile);
-                server.stop.sleep(EMFILE_BACKOFF);
+                if server.accept_failed(&e, &mut reported_emfile) {
+                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
+                }
                 continue;
             }
         };

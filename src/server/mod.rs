@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::cli::{Mode, ServeArgs};
 use crate::event::{Event, Kind, Output, Role};
@@ -19,6 +19,8 @@ use crate::{note, outcome, tcp_state};
 
 pub mod blocking;
 pub mod echo;
+pub mod process;
+pub mod threaded;
 
 /// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
 /// that the server stops "within a second", long enough to cost nothing.
@@ -176,9 +178,16 @@ impl Server {
         Stats::add(&self.stats.finished, 1);
     }
 
-    /// Report an accept() that failed. Running out of descriptors is reported once per
-    /// episode (`reported_emfile`) and answered by backing off; the caller decides how.
-    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) {
+    /// Report an accept() that failed, and say whether to back off (stop accepting for
+    /// EMFILE_BACKOFF). Nothing arrived yet (EAGAIN, or the TICK timeout of the blocking
+    /// models) or a signal interrupted the call: no, just try again. Out of descriptors:
+    /// report it once per episode and back off, the way nginx does — the connection waits
+    /// in the kernel's queue, and we stop asking for a moment instead of failing in a tight
+    /// loop. Anything else: report it and back off too.
+    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) -> bool {
+        if outcome::would_block(error) || outcome::interrupted(error) {
+            return false;
+        }
         if outcome::out_of_descriptors(error) {
             if !*reported_emfile {
                 self.out.emit(
@@ -198,6 +207,17 @@ impl Server {
                     .detail(format!("accept() failed: {error}")),
             );
         }
+        true
+    }
+}
+
+/// accept() blocks until a connection is queued. A receive timeout on the listening socket
+/// makes it give up every TICK (EAGAIN), so the blocking models can notice Ctrl-C.
+pub fn wake_accept_every_tick(listener: &TcpListener, server: &Server) {
+    if let Err(e) = SockRef::from(listener).set_read_timeout(Some(TICK)) {
+        server.out.emit(Event::new(Kind::Error).detail(format!(
+            "cannot set an accept timeout: {e}; Ctrl-C waits for a client"
+        )));
     }
 }
 
@@ -256,13 +276,18 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         stop: Stop::default(),
         stats: Stats::default(),
     });
-    install_stop_handler(&server)?;
+    install_stop_handler(&server, true)?;
 
     match args.mode {
         Mode::Blocking => blocking::run(&listener, &server),
+        Mode::Threaded => threaded::run(&listener, &server),
+        Mode::Process => process::run(&listener, &server, args.parent_keeps_fd),
         other => anyhow::bail!("--mode {} is not available yet", other.name()),
     }
 
+    if server.stop.requested() {
+        close_queued(&listener, &server);
+    }
     emit_summary(&server);
     Ok(())
 }
@@ -303,10 +328,11 @@ fn bind_error(e: &io::Error, addr: SocketAddr) -> String {
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM set the stop flag; every mode checks it at least every TICK.
-fn install_stop_handler(server: &Arc<Server>) -> Result<()> {
+/// `announce`: print the `stop` event (the process model's children leave that to the parent).
+fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
     let server = Arc::clone(server);
     ctrlc::set_handler(move || {
-        if !server.stop.requested() {
+        if announce && !server.stop.requested() {
             server.out.emit(Event::new(Kind::Stop).note(note::STOP));
         }
         server.stop.request();
@@ -314,17 +340,37 @@ fn install_stop_handler(server: &Arc<Server>) -> Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
+/// Connections the kernel finished but nobody accepted yet would get an RST when the
+/// listening socket closes. Accept each one only to close it, so it gets a FIN like the rest.
+fn close_queued(listener: &TcpListener, server: &Server) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while let Ok((stream, peer)) = listener.accept() {
+        let local = stream.local_addr().ok();
+        drop(stream); // close(): FIN
+        server.out.emit(
+            Event::new(Kind::Close)
+                .addrs(local, Some(peer))
+                .detail("queued, never served")
+                .note(note::CLOSE_QUEUED),
+        );
+    }
+}
+
 fn emit_summary(server: &Server) {
     let stats = &server.stats;
-    server.out.emit(
-        Event::new(Kind::Summary)
-            .stat("connections", Stats::get(&stats.accepted))
-            .stat("finished", Stats::get(&stats.finished))
+    let mut summary = Event::new(Kind::Summary)
+        .stat("connections", Stats::get(&stats.accepted))
+        .stat("finished", Stats::get(&stats.finished));
+    // In the process model the children count messages, in memory the parent cannot see.
+    if server.config.mode != Mode::Process {
+        summary = summary
             .stat("messages", Stats::get(&stats.messages))
             .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
-            .stat("resets", Stats::get(&stats.resets))
-            .stat("turned_away", Stats::get(&stats.turned_away))
-            .note(note::SUMMARY),
-    );
+            .stat("resets", Stats::get(&stats.resets));
+    }
+    summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
+    server.out.emit(summary.note(note::SUMMARY));
     server.out.flush();
 }

@@ -1,0 +1,147 @@
+//! # The threaded server: a thread per connection
+//!
+//! The main thread only accepts. Each connection gets its own thread, which runs the same
+//! echo steps as the blocking server; while one thread waits in `read()`, the others run.
+//!
+//! What to watch for:
+//! - `spawn` and `exit` events: a thread starts with its connection and ends with it.
+//! - Threads share the process's descriptors. The socket *moves* into its thread, and the
+//!   main thread must not close it: a close there would close it for the handler too
+//!   (the seeds' threaded server makes the same point).
+//! - `--crash-after N` makes a handler panic. Unwinding drops its socket (the kernel sends
+//!   the FIN), the main thread sees the panic when it joins the thread, and every other
+//!   connection carries on.
+//!
+//! Lesson: `lessons/03-threads.md`; demo: `tcp-lab demo thread-per-client`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use super::echo::{self, Ending};
+use super::{Connection, Server, EMFILE_BACKOFF};
+use crate::event::{Event, Kind};
+use crate::{note, outcome};
+
+/// A handler thread and the connection it serves.
+struct Handler {
+    conn: u64,
+    thread: JoinHandle<()>,
+}
+
+/// The payload of a deliberate `--crash-after` panic, so the panic hook can keep it quiet:
+/// the `exit` event reports it instead of a backtrace.
+struct DeliberateCrash;
+
+pub fn run(listener: &TcpListener, server: &Arc<Server>) {
+    super::wake_accept_every_tick(listener, server);
+    silence_deliberate_crashes();
+    let mut handlers: Vec<Handler> = Vec::new();
+    let mut next_id = 1;
+    let mut reported_emfile = false;
+
+    while server.keep_accepting() {
+        reap_finished(&mut handlers, server);
+        let stream = match listener.accept() {
+            Ok((stream, _peer)) => stream,
+            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
+            Err(e) => {
+                if server.accept_failed(&e, &mut reported_emfile) {
+                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
+                }
+                continue;
+            }
+        };
+        reported_emfile = false;
+        let conn = Connection::new(next_id, stream);
+        next_id += 1;
+        if server.is_full() {
+            server.turn_away(conn);
+            continue;
+        }
+        server.opened(&conn);
+        match spawn_handler(conn, server) {
+            Ok(handler) => handlers.push(handler),
+            // Out of threads (EAGAIN): the connection was moved into the failed spawn and
+            // dropped there, so the peer got a FIN.
+            Err(e) => {
+                server.out.emit(
+                    Event::new(Kind::Error)
+                        .errno(outcome::errno_name(&e))
+                        .detail(format!("cannot start a thread: {e}")),
+                );
+                server.finished();
+            }
+        }
+    }
+    // Stopping (or --exit-after): each handler notices within a TICK, closes its connection
+    // with a FIN, and returns. Wait for all of them.
+    for handler in handlers {
+        join(handler, server);
+    }
+}
+
+/// Start a thread that owns `conn` from now on.
+fn spawn_handler(conn: Connection, server: &Arc<Server>) -> std::io::Result<Handler> {
+    let id = conn.id;
+    let name = format!("conn-{id}");
+    let spawn_event = conn
+        .event(Kind::Spawn)
+        .detail(format!("thread {name}"))
+        .note(note::SPAWN_THREAD);
+    let shared = Arc::clone(server);
+    let thread = thread::Builder::new()
+        .name(name)
+        .spawn(move || handle(conn, &shared))?;
+    server.out.emit(spawn_event);
+    Ok(Handler { conn: id, thread })
+}
+
+/// The handler thread's body: the shared echo steps, and a real crash when asked for one.
+fn handle(conn: Connection, server: &Server) {
+    if let Ending::Crashed(conn) = echo::serve(conn, server) {
+        // `conn` is still open here. The panic unwinds this thread, dropping it: the kernel
+        // sends the FIN. Nothing else in the process is touched.
+        let _still_open = conn;
+        std::panic::panic_any(DeliberateCrash);
+    }
+}
+
+/// Join the handlers that have finished, so their `exit` is reported promptly.
+fn reap_finished(handlers: &mut Vec<Handler>, server: &Server) {
+    let mut i = 0;
+    while i < handlers.len() {
+        if handlers[i].thread.is_finished() {
+            join(handlers.swap_remove(i), server);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// join(): wait for the thread and learn how it ended: returned, or panicked.
+fn join(handler: Handler, server: &Server) {
+    let name = format!("thread conn-{}", handler.conn);
+    let (detail, why) = match handler.thread.join() {
+        Ok(()) => (format!("{name} returned"), note::EXIT_THREAD),
+        Err(_panic) => (format!("{name} panicked"), note::EXIT_THREAD_PANIC),
+    };
+    server.out.emit(
+        Event::new(Kind::Exit)
+            .conn(handler.conn)
+            .detail(detail)
+            .note(why),
+    );
+    server.finished();
+}
+
+/// Keep the default panic message for real bugs, but not for `--crash-after`: that one is
+/// the lesson, and the `exit` event tells it.
+fn silence_deliberate_crashes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.payload().is::<DeliberateCrash>() {
+            default_hook(info);
+        }
+    }));
+}

@@ -1,0 +1,355 @@
+//! One test body, run over every concurrency model: what a learner is promised holds in all
+//! of them — exact echoes, clean stops, the kernel's FIN and RST where the table says, and
+//! a server that survives its peers. Only `blocking` makes a second client wait.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `mod test_name { fn blocking() … fn poll() }`: a test per mode, so failures name the mode
+/// and the modes run in parallel.
+macro_rules! every_mode {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn blocking() {
+                super::$test("blocking")
+            }
+            #[test]
+            fn threaded() {
+                super::$test("threaded")
+            }
+            #[test]
+            fn process() {
+                super::$test("process")
+            }
+        }
+    )*};
+}
+
+/// The same, for the models that serve several connections at once.
+macro_rules! concurrent_modes {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn threaded() {
+                super::$test("threaded")
+            }
+            #[test]
+            fn process() {
+                super::$test("process")
+            }
+        }
+    )*};
+}
+
+concurrent_modes!(
+    max_conns_turns_newcomers_away_politely,
+    delay_holds_up_only_its_own_connection
+);
+
+every_mode!(
+    twenty_concurrent_clients_each_get_five_exact_echoes,
+    a_16_mib_payload_is_echoed_byte_exact,
+    only_blocking_makes_a_second_client_wait,
+    ctrl_c_with_clients_connected_ends_within_a_second_and_clients_see_eof,
+    crash_after_makes_the_kernel_send_a_fin,
+    reset_after_sends_an_rst,
+    the_seed_flow_ten_messages_then_bye,
+    a_thousand_resetting_peers_leave_no_descriptor_behind,
+);
+
+fn twenty_concurrent_clients_each_get_five_exact_echoes(mode: &str) {
+    let (_server, port) = server(mode, &["--quiet"]);
+    // Connect all twenty first, so they really are connected at the same time.
+    let peers: Vec<TcpStream> = (0..20).map(|_| raw_peer(port)).collect();
+    let workers: Vec<_> = peers
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut peer)| {
+            thread::spawn(move || {
+                for j in 1..=5 {
+                    let message = format!("client {i} message {j}");
+                    peer.write_all(message.as_bytes()).unwrap();
+                    let echo = read_exactly(&mut peer, message.len());
+                    assert_eq!(echo, message.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a client thread failed");
+    }
+}
+
+fn a_16_mib_payload_is_echoed_byte_exact(mode: &str) {
+    let (_server, port) = server(mode, &["--quiet"]);
+    let payload: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut peer = raw_peer(port);
+    let mut writer = peer.try_clone().unwrap();
+    let to_send = payload.clone();
+    // Write and read at the same time: the echo comes back while we are still sending.
+    let sender = thread::spawn(move || {
+        writer.write_all(&to_send).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::with_capacity(payload.len());
+    peer.read_to_end(&mut echoed)
+        .expect("the echo, then the server's FIN");
+    sender.join().unwrap();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the echo differs from what was sent");
+}
+
+fn only_blocking_makes_a_second_client_wait(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut first = client(port, &[]);
+    first.write_stdin(b"first\n");
+    first.expect("recv");
+
+    let mut second = client(port, &["--send", "second"]);
+    second.expect("send");
+    if mode == "blocking" {
+        // Served only after the first client leaves.
+        first.close_stdin();
+        assert!(first.wait_exit().success());
+        second.expect("recv");
+        server.expect_conn("recv", 2);
+        let first_closed = server.position("close", Some(1)).unwrap();
+        let second_accepted = server.position("accept", Some(2)).unwrap();
+        assert!(first_closed < second_accepted, "{}", server.history());
+    } else {
+        // Served while the first client is still connected.
+        second.expect("recv");
+        server.expect_conn("send", 2);
+        assert_eq!(
+            server.position("close", Some(1)),
+            None,
+            "{}",
+            server.history()
+        );
+        first.close_stdin();
+        assert!(first.wait_exit().success());
+    }
+    assert!(second.wait_exit().success());
+}
+
+fn ctrl_c_with_clients_connected_ends_within_a_second_and_clients_see_eof(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    // Idle interactive clients (stdin left open). The blocking server accepts only the
+    // first; the others wait in the kernel's queue, connected all the same.
+    let mut clients: Vec<Proc> = (0..3).map(|_| client(port, &[])).collect();
+    for c in &mut clients {
+        c.expect("connect");
+    }
+    server.expect_conn("accept", 1);
+    if mode != "blocking" {
+        server.expect_conn("accept", 3);
+    }
+
+    let signalled = Instant::now();
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit();
+    let took = signalled.elapsed();
+    assert!(status.success());
+    assert!(
+        took < Duration::from_secs(1),
+        "{mode} took {took:?} to stop"
+    );
+    assert_eq!(server.kinds(None).last().unwrap(), "summary");
+    for c in &mut clients {
+        c.expect("eof");
+        assert!(c.wait_exit().success(), "{}", c.stderr_text());
+    }
+}
+
+fn crash_after_makes_the_kernel_send_a_fin(mode: &str) {
+    let (mut server, port) = server(mode, &["--crash-after", "1"]);
+    // The naive client, so the test decides when the second write happens: only after the
+    // handler died. (Had it arrived before, the crash would close a socket with unread data,
+    // and the kernel would send an RST instead of the FIN.)
+    let mut victim = client(port, &["--naive"]);
+    victim.write_stdin(b"one\n");
+    victim.expect("recv");
+    let crash = match mode {
+        "threaded" => server.expect_where("exit", |e| e["detail"] == "thread conn-1 panicked"),
+        "process" => server.expect_where("exit", |e| e["detail"] == "child exited with status 3"),
+        _ => server.expect_where("close", |e| e["detail"] == "handler crashed"),
+    };
+    assert_eq!(crash["conn"], 1);
+    // The write into the FIN'd socket succeeds; the read after it returns 0.
+    victim.write_stdin(b"two\n");
+    victim.expect("eof");
+    victim.close_stdin();
+    assert!(victim.wait_exit().success(), "{}", victim.stderr_text());
+    assert_eq!(
+        victim.kinds(None),
+        ["connect", "send", "recv", "send", "eof", "close"]
+    );
+    // The server goes on serving.
+    let mut next = client(port, &["--send", "still there?"]);
+    assert!(next.wait_exit().success());
+    assert_eq!(next.expect("recv")["data"], "still there?\\n");
+}
+
+fn reset_after_sends_an_rst(mode: &str) {
+    let (mut server, port) = server(mode, &["--reset-after", "1"]);
+    let mut victim = client(port, &["--count", "3"]);
+    assert_eq!(victim.wait_exit().code(), Some(1));
+    assert_eq!(victim.expect("reset")["errno"], "ECONNRESET");
+    server.expect_conn("abort", 1);
+}
+
+fn the_seed_flow_ten_messages_then_bye(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut peer = raw_peer(port);
+    // The seeds' client: no newline, each message echoed before the next.
+    for i in 1..=10 {
+        let message = format!("message {i}");
+        peer.write_all(message.as_bytes()).unwrap();
+        assert_eq!(read_exactly(&mut peer, message.len()), message.as_bytes());
+    }
+    peer.write_all(b"Bye").unwrap();
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the server's FIN");
+    assert!(rest.is_empty(), "Bye must not be echoed: {rest:?}");
+    let close = server.expect_conn("close", 1);
+    assert!(close["note"].as_str().unwrap().contains("bye word"));
+}
+
+fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {
+    let (server, port) = server(mode, &["--quiet"]);
+    let pid = server.child.id();
+    let baseline = open_descriptors(pid);
+    // In batches, so the blocking server's accept queue never overflows.
+    for _ in 0..20 {
+        let batch: Vec<TcpStream> = (0..50).map(|_| raw_peer(port)).collect();
+        for mut peer in batch {
+            peer.write_all(b"x").unwrap();
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer); // RST
+        }
+    }
+    // Still serving.
+    let mut probe = raw_peer(port);
+    probe.write_all(b"alive?").unwrap();
+    assert_eq!(read_exactly(&mut probe, 6), b"alive?");
+    drop(probe);
+    // Every reset connection's descriptor is closed again (the count is a condition, not
+    // an event: check it until it holds, within the bound).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = open_descriptors(pid);
+        if now == baseline {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: {now} descriptors open, {baseline} before"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn max_conns_turns_newcomers_away_politely(mode: &str) {
+    let (mut server, port) = server(mode, &["--max-conns", "1"]);
+    let mut first = client(port, &[]);
+    first.write_stdin(b"in\n");
+    first.expect("recv");
+
+    let mut second = raw_peer(port);
+    let mut answer = String::new();
+    second
+        .read_to_string(&mut answer)
+        .expect("a FIN after the message");
+    assert_eq!(answer, "server full\n");
+    let limit = server.expect("limit");
+    assert_eq!(limit["conn"], 2);
+
+    // The first client is still served.
+    first.write_stdin(b"still in\n");
+    assert_eq!(first.expect("recv")["data"], "still in\\n");
+}
+
+fn delay_holds_up_only_its_own_connection(mode: &str) {
+    let (mut server, port) = server(mode, &["--delay", "60000"]);
+    // The first client's echo is a minute away; it waits, connected.
+    let _slow = client(port, &["--send", "slow"]);
+    server.expect_conn("recv", 1);
+    // Meanwhile a second connection is accepted and read at once.
+    let mut fast = raw_peer(port);
+    fast.write_all(b"fast").unwrap();
+    let recv = server.expect_conn("recv", 2);
+    assert_eq!(recv["data"], "fast");
+    assert_eq!(server.position("send", Some(1)), None);
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
+
+/// Out of descriptors. Only the threaded model is here: the blocking server holds one
+/// connection at a time and the process model's parent closes its copy of each socket, so
+/// neither can run out (tests/loops.rs covers the single-threaded event loops).
+#[test]
+fn threaded_server_survives_emfile_and_serves_again() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--mode", "threaded", "--port", "0", "--quiet"]);
+    cmd.args(["--format", "json"]);
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Proc::spawn_command(cmd, "serve --mode threaded (64 fds)");
+    let port = port_of(&server.expect("listen")["local"]);
+    let peers: Vec<TcpStream> = (0..100).map(|_| raw_peer(port)).collect();
+    let error = server.expect("error");
+    assert_eq!(error["errno"], "EMFILE");
+
+    // While the peers stay, the server backs off instead of spinning on accept().
+    let before = cpu_seconds(server.child.id());
+    thread::sleep(Duration::from_secs(1)); // the measurement window, not a synchronisation
+    let used = cpu_seconds(server.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "used {used:.2} s of CPU in 1 s while out of descriptors"
+    );
+
+    drop(peers);
+    let mut probe = client(port, &["--send", "served again"]);
+    assert!(probe.wait_exit().success(), "{}", probe.stderr_text());
+    assert_eq!(probe.expect("recv")["data"], "served again\\n");
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
