@@ -34,7 +34,7 @@ macro_rules! lesson {
 pub const LESSONS: &[Lesson] = &[
     lesson!(0, "setup", "00-setup.md"),
     lesson!(1, "blocking", "01-blocking.md"),
-    lesson!(2, "process", "02-process.md"),
+    lesson!(2, "processes", "02-processes.md"),
     lesson!(3, "threads", "03-threads.md"),
     lesson!(4, "nonblocking", "04-nonblocking.md"),
     lesson!(5, "readiness", "05-readiness.md"),

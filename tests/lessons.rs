@@ -76,7 +76,7 @@ fn shell_commands(line: &str) -> Vec<Vec<String>> {
     let mut word: Option<String> = None;
     let mut redirect = false; // the next word is a redirection target
     let mut chars = line.chars().peekable();
-    let mut end_word =
+    let end_word =
         |word: &mut Option<String>, commands: &mut Vec<Vec<String>>, redirect: &mut bool| {
             if let Some(w) = word.take() {
                 if *redirect {
@@ -153,8 +153,12 @@ fn tcp_lab_commands(block: &Block) -> Vec<(String, Vec<String>)> {
             },
         };
         for words in shell_commands(command_line) {
-            // `ulimit -n 4096; tcp-lab …` and `time tcp-lab …` still name tcp-lab.
-            let start = words.iter().position(|w| w == "tcp-lab");
+            // `time tcp-lab …`, `do tcp-lab …` and `strace -e x tcp-lab …` run tcp-lab;
+            // `ps -C tcp-lab` only names it (an option's value).
+            let start = words
+                .iter()
+                .enumerate()
+                .position(|(i, w)| w == "tcp-lab" && (i == 0 || !words[i - 1].starts_with('-')));
             if let Some(start) = start {
                 found.push((line.clone(), words[start..].to_vec()));
             }
