@@ -533,7 +533,11 @@ mod tests {
         let lines: Vec<String> = wrap(text, 24).collect();
         assert_eq!(
             lines,
-            ["the peer's FIN arrived:", "read() returned 0 and we", "close too"]
+            [
+                "the peer's FIN arrived:",
+                "read() returned 0 and we",
+                "close too"
+            ]
         );
     }
 

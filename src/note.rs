@@ -54,7 +54,8 @@ pub const CLOSE_STOP: &str =
 peer's read returns 0 (EOF)";
 
 pub const CLOSE_CRASH: &str = "the handler died (--crash-after) without closing anything: the kernel \
-closed its socket and sent the FIN. The peer only sees an ordinary EOF, and learns nothing of the crash";
+closed its socket and sent the FIN (an RST instead, had the peer sent data nobody read). Either way the \
+peer learns nothing of the crash itself";
 
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
@@ -93,7 +94,7 @@ pub const EXIT_THREAD: &str = "the handler thread returned after its connection 
 
 pub const EXIT_THREAD_PANIC: &str =
     "the handler thread panicked: unwinding dropped its socket, so the \
-kernel sent the FIN. Only this thread died; the server and its other connections go on";
+kernel sent the FIN (an RST, had data been left unread). Only this thread died; the server and its other connections go on";
 
 pub const SPAWN_PROCESS: &str = "a child process now serves this connection with the socket it \
 inherited. The parent closes its own copy: while any process holds one, the connection stays open \
@@ -104,7 +105,7 @@ reaps it with waitpid)";
 
 pub const EXIT_PROCESS_CRASH: &str =
     "the child died without closing its socket; the kernel closed \
-its descriptors and sent the FIN. The parent learns of it from the exit status";
+its descriptors and sent the FIN (an RST, had data been left unread). The parent learns of it from the exit status";
 
 pub const CLOSE_PARENT_COPY: &str =
     "the parent finally closes the copy it kept (--parent-keeps-fd): \
