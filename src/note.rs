@@ -114,3 +114,21 @@ only now, with no process holding the socket, does the kernel send the FIN";
 pub const CLOSE_QUEUED: &str = "stopping: this connection was complete but still queued (never \
 accepted). Closing the listener would make the kernel RST it, so we accept it only to close it with \
 a FIN";
+
+pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
+sends an RST instead of a FIN and discards the data. The peer's read fails ECONNRESET";
+
+pub const CLOSE_SHARED: &str = "close() of this process's copy only (--parent-keeps-fd): the parent \
+still holds the socket, so the kernel sends nothing yet. The FIN goes out when the last copy is closed";
+
+pub const CONNECT_PENDING: &str = "connect() has not finished: the listener's accept queue is full \
+(its backlog), so Linux drops our SYN without an answer. Our kernel resends it after 1 s, 3 s, 7 s … \
+and connect() keeps waiting (SYN_SENT)";
+
+pub const CONNECT_QUEUED: &str = "connect() returned: the server's kernel completed the handshake \
+and queued the connection, though its program never calls accept()";
+
+pub const TIME_WAIT_TABLE: &str =
+    "the kernel's socket table (/proc/net/tcp, what `ss -tan` reads) \
+after close(): the side that closed first keeps the connection in TIME_WAIT, though its descriptor \
+is gone";

@@ -166,6 +166,12 @@ pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
 
 /// close(): the kernel sends our FIN.
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
+    // Only the last copy's close sends the FIN (`--parent-keeps-fd`).
+    let why = if server.config.copy_held_elsewhere {
+        note::CLOSE_SHARED
+    } else {
+        why
+    };
     server.out.emit(conn.event_closed(Kind::Close).note(why));
     drop(conn); // the descriptor is closed here
 }
