@@ -378,12 +378,25 @@ impl Output {
         };
         let label = e.kind.paint(&format!("{:<11}", e.kind.name()));
         let mut line = format!("{} {:<10} {label}", ts.dimmed(), who);
-        let facts = text_facts(e);
-        if !facts.is_empty() {
-            let _ = write!(line, " {facts}");
-        }
+        let mut facts = text_facts(e);
+        // The state stands apart from the facts, by two spaces even when it is alone.
+        let first_gap = if facts.is_empty() { "  " } else { " " };
         if let Some(state) = e.tcp_state {
-            let _ = write!(line, "  {}", format!("[{state}]").cyan());
+            facts.push(format!("[{state}]").cyan().to_string());
+        }
+        // The facts follow the label; a long list (a summary) goes on under them, so the
+        // line never runs past the width the notes are wrapped to.
+        let mut column = FACTS_INDENT;
+        for (i, fact) in facts.iter().enumerate() {
+            let width = visible_len(fact);
+            if i > 0 && column + 2 + width > self.width {
+                let _ = write!(line, "\n{:FACTS_INDENT$}{fact}", "");
+                column = FACTS_INDENT + width;
+            } else {
+                let gap = if i == 0 { first_gap } else { "  " };
+                let _ = write!(line, "{gap}{fact}");
+                column += gap.len() + width;
+            }
         }
         line.push('\n');
         if self.explain && !e.note.is_empty() {
@@ -404,6 +417,24 @@ impl Output {
 
 /// Where a note starts: under the kind label.
 const NOTE_INDENT: usize = 20;
+
+/// Where the facts start: after the time, who and the label (8 + 1 + 10 + 1 + 11 + 1).
+const FACTS_INDENT: usize = 32;
+
+/// Columns a string takes on screen: characters, not counting colour escape sequences.
+fn visible_len(text: &str) -> usize {
+    let mut len = 0;
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (false, _) => len += 1,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    len
+}
 
 /// Split `text` into lines of at most `width` characters, at spaces.
 pub fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
@@ -432,7 +463,7 @@ fn note_width() -> usize {
 }
 
 /// The facts of an event for people: addresses, sizes, payload, errno, detail.
-fn text_facts(e: &Event) -> String {
+fn text_facts(e: &Event) -> Vec<String> {
     let mut facts = Vec::new();
     match e.kind {
         Kind::Listen => facts.extend(e.local.map(|l| format!("on {l}"))),
@@ -459,7 +490,7 @@ fn text_facts(e: &Event) -> String {
     for (name, value) in &e.stats {
         facts.push(format!("{}={}", name.replace('_', " "), value));
     }
-    facts.join("  ")
+    facts
 }
 
 /// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
@@ -549,6 +580,42 @@ mod tests {
                 "close too"
             ]
         );
+    }
+
+    #[test]
+    fn a_long_summary_goes_on_under_its_facts_within_the_width() {
+        let args = crate::cli::OutputArgs {
+            format: Format::Text,
+            color: crate::cli::ColorChoice::Never,
+            no_explain: true,
+        };
+        let mut out = Output::new(Role::Server, None, &args);
+        out.width = 80;
+        let mut summary = Event::new(Kind::Summary);
+        for name in [
+            "connections",
+            "finished",
+            "messages",
+            "bytes_echoed",
+            "resets",
+        ] {
+            summary = summary.stat(name, 123_456);
+        }
+        let text = out.text_lines(&summary);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 1, "{text}");
+        for line in &lines {
+            assert!(visible_len(line) <= 80, "too wide: {line:?}");
+        }
+        for continuation in &lines[1..] {
+            assert!(continuation.starts_with(&" ".repeat(FACTS_INDENT)));
+        }
+        assert!(text.contains("resets=123456"));
+    }
+
+    #[test]
+    fn visible_len_skips_colour() {
+        assert_eq!(visible_len("\x1b[36m[LISTEN]\x1b[0m"), 8);
     }
 
     #[test]

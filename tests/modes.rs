@@ -353,3 +353,44 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// A process-model server killed outright (SIGKILL: no chance to clean up) must not leave
+/// orphaned children serving connections nobody watches: the kernel tells each child its
+/// parent died (PR_SET_PDEATHSIG), and the child stops like on Ctrl-C, closing with a FIN.
+#[test]
+fn process_children_end_when_the_parent_is_killed() {
+    let (mut server, port) = server("process", &[]);
+    let mut peer = raw_peer(port);
+    let spawn = server.expect_conn("spawn", 1);
+    let child_pid: u32 = spawn["detail"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("child pid "))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("spawn names the child's pid: {spawn}"));
+    server.signal(libc::SIGKILL);
+    // The child closes the connection: the peer reads EOF (bounded by the read timeout).
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut byte = [0u8; 1];
+    let n = peer.read(&mut byte).expect("EOF, not a timeout");
+    assert_eq!(n, 0, "the orphaned child should have closed the connection");
+    drop(peer);
+    let deadline = Instant::now() + WAIT;
+    while is_running(child_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "child {child_pid} outlived its parent"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Alive and not a zombie waiting to be reaped.
+fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
