@@ -57,11 +57,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     })?;
     let text = args.output.format == Format::Text;
     if text {
-        println!(
-            "{} {}",
-            format!("tcp-lab demo {}:", scenario.name).bold(),
-            scenario.about
-        );
+        let title = format!("tcp-lab demo {}:", scenario.name);
+        let gap = if title.len() + 1 + scenario.about.len() > 80 {
+            "\n  "
+        } else {
+            " "
+        };
+        println!("{}{gap}{}", title.bold(), scenario.about);
         let _ = std::io::stdout().flush();
     }
 
@@ -542,25 +544,44 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
         }
     }
 
-    // Place events in time order, holding back each one until its cause is placed.
+    // Merge the streams (the server's events; each client's) in time order, keeping each
+    // stream's own order, and taking an event only once its cause has been taken.
+    let mut streams: Vec<Vec<usize>> = Vec::new();
+    let mut stream_of: HashMap<String, usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let name = match (&keys[i], e["role"] == CLIENT) {
+            (Some(key), true) => format!("client {key}"),
+            (None, true) => format!("client event {i}"),
+            (_, false) => "server".to_string(),
+        };
+        let s = *stream_of.entry(name).or_insert_with(|| {
+            streams.push(Vec::new());
+            streams.len() - 1
+        });
+        streams[s].push(i);
+    }
+    let mut heads = vec![0; streams.len()];
     let mut placed = vec![false; n];
-    let mut waiting: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut order = Vec::with_capacity(n);
-    for (i, cause) in cause.iter().enumerate() {
-        match *cause {
-            Some(c) if c > i && !placed[c] => waiting.entry(c).or_default().push(i),
-            _ => {
-                let mut ready = vec![i];
-                while let Some(j) = ready.pop() {
-                    placed[j] = true;
-                    order.push(j);
-                    if let Some(mut held) = waiting.remove(&j) {
-                        held.reverse();
-                        ready.extend(held);
-                    }
-                }
-            }
-        }
+    while order.len() < n {
+        let candidates = || {
+            (0..streams.len())
+                .filter(|&s| heads[s] < streams[s].len())
+                .map(|s| (s, streams[s][heads[s]]))
+        };
+        let ready = |&(_, i): &(usize, usize)| cause[i].is_none_or(|c| placed[c]);
+        let first = |a: &(usize, usize), b: &(usize, usize)| a.1.cmp(&b.1);
+        // An event whose cause is stuck cannot happen in real data; never stall on one.
+        let Some((s, i)) = candidates()
+            .filter(ready)
+            .min_by(first)
+            .or_else(|| candidates().min_by(first))
+        else {
+            break;
+        };
+        placed[i] = true;
+        heads[s] += 1;
+        order.push(i);
     }
     let mut slots: Vec<Option<Value>> = events.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
@@ -585,5 +606,20 @@ mod tests {
             .map(|e| e["kind"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(kinds, ["connect", "send", "send", "recv", "exit"]);
+    }
+
+    #[test]
+    fn a_held_back_read_holds_back_what_its_process_did_next() {
+        let events = vec![
+            json!({"ts": 0.1, "role": "server", "conn": 1, "kind": "recv", "peer": "c", "bytes": 3}),
+            json!({"ts": 0.2, "role": "server", "conn": 1, "kind": "abort", "peer": "c"}),
+            json!({"ts": 0.3, "role": "client", "kind": "send", "local": "c", "bytes": 3}),
+            json!({"ts": 0.4, "role": "client", "kind": "reset", "local": "c"}),
+        ];
+        let kinds: Vec<String> = causal_order(events)
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["send", "recv", "abort", "reset"]);
     }
 }

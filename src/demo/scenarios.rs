@@ -27,87 +27,87 @@ pub struct Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blocking-backlog",
-        about: "a second client connects (the kernel queues it) but waits for the first to leave",
+        about: "client 2 connects (queued by the kernel) but waits its turn",
         run: blocking_backlog,
     },
     Scenario {
         name: "backlog-full",
-        about: "a full accept queue: Linux drops the SYN and connect() waits (SYN_SENT)",
+        about: "a full accept queue: the SYN is dropped, connect() waits",
         run: backlog_full,
     },
     Scenario {
         name: "process-per-client",
-        about: "a child process per connection: the second client is served at once",
+        about: "a child process per connection: no one waits",
         run: process_per_client,
     },
     Scenario {
         name: "parent-keeps-fd",
-        about: "the parent keeps its copy of the socket: no FIN until it lets go",
+        about: "the parent keeps its copy: no FIN until it lets go",
         run: parent_keeps_fd,
     },
     Scenario {
         name: "thread-per-client",
-        about: "a thread per connection: the second client is served at once",
+        about: "a thread per connection: no one waits",
         run: thread_per_client,
     },
     Scenario {
         name: "nonblocking-spin",
-        about: "one thread tries every socket: WouldBlock after WouldBlock, a core burned",
+        about: "one thread tries every socket: WouldBlock, a core burned",
         run: nonblocking_spin,
     },
     Scenario {
         name: "poll-many",
-        about: "1,000 clients served by one thread that sleeps in epoll until a socket is ready",
+        about: "1,000 clients, one thread sleeping in epoll until ready",
         run: poll_many,
     },
     Scenario {
         name: "orderly-close",
-        about: "FIN both ways: EOF, CLOSE_WAIT, and TIME_WAIT on the side that closed first",
+        about: "FIN both ways: EOF, CLOSE_WAIT, TIME_WAIT on the closer",
         run: orderly_close,
     },
     Scenario {
         name: "idle-timeout",
-        about: "the server closes a silent connection; the reading client sees the FIN",
+        about: "the server closes a silent connection with a FIN",
         run: idle_timeout,
     },
     Scenario {
         name: "crash-fin",
-        about: "a handler process dies without closing: the kernel sends the FIN",
+        about: "a handler dies without closing: the kernel sends the FIN",
         run: crash_fin,
     },
     Scenario {
         name: "write-after-fin",
-        about: "the seeds' failure: a write after the FIN succeeds, the read returns 0, EPIPE",
+        about: "the seeds' failure: write after FIN, RST, EOF, then EPIPE",
         run: write_after_fin,
     },
     Scenario {
         name: "unread-data-rst",
-        about: "close() with unread data sends an RST, not a FIN: ECONNRESET",
+        about: "close() with unread data sends an RST: ECONNRESET",
         run: unread_data_rst,
     },
     Scenario {
         name: "abort-rst",
-        about: "close() with SO_LINGER 0 sends an RST: the peer's read fails ECONNRESET",
+        about: "close() with SO_LINGER 0 sends an RST: ECONNRESET",
         run: abort_rst,
     },
     Scenario {
         name: "refused",
-        about: "a SYN to a port nobody listens on is answered by an RST: ECONNREFUSED",
+        about: "nobody listens: the SYN is answered by an RST, ECONNREFUSED",
         run: refused,
     },
     Scenario {
         name: "half-close",
-        about: "shutdown(Write) sends our FIN while we keep reading the echoes",
+        about: "shutdown(Write): our FIN goes out, we keep reading",
         run: half_close,
     },
     Scenario {
         name: "multiplexed-client",
-        about: "the same crash, noticed at once by a client watching stdin and the socket",
+        about: "the same crash, seen at once by a client polling both",
         run: multiplexed_client,
     },
     Scenario {
         name: "byte-stream",
-        about: "three writes arrive in one read, one write in several: no message boundaries",
+        about: "three writes in one read, one write in many: no boundaries",
         run: byte_stream,
     },
 ];
@@ -122,11 +122,11 @@ fn from(e: &Value, local: &Value) -> bool {
 
 // ---------------------------------------------------------------- concurrency models
 
-/// Two clients: the first sends, is echoed, and stays connected for a second; the second
+/// Two clients: the first sends, is echoed, and stays connected 1.5 s; the second
 /// connects meanwhile. Returns (client 2's connect, its echo, the server's EOF of client 1).
 fn two_clients(lab: &mut Lab, mode: &str) -> Result<(Value, Value, Value)> {
     let (_server, port) = lab.serve(&["--mode", mode, "--exit-after", "2"])?;
-    lab.client(port, &["--send", "one", "--hold", "1"])?;
+    lab.client(port, &["--send", "one", "--hold", "1.5"])?;
     let first = lab.wait("client 1 to connect", |e| is(e, CLIENT, "connect"))?;
     lab.wait("the server to echo client 1", |e| on(e, SERVER, "send", 1))?;
     lab.client(port, &["--send", "two"])?;
