@@ -142,7 +142,7 @@ fn the_text_output_is_a_ladder_that_fits_80_columns() {
         "RST",
         "read() = 0",
         "write() = EPIPE",
-        "CLOSE_WAIT",
+        "[CLOSE]",
         "↳",
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
