@@ -73,12 +73,15 @@ enum Packet {
     Data(u64),
     /// A SYN that the server's kernel dropped.
     SynDropped,
+    /// Nothing crossed the wire, and that is the point.
+    Nothing,
 }
 
 impl Packet {
     fn label(self) -> String {
         match self {
             Packet::Syn | Packet::SynDropped => "SYN".into(),
+            Packet::Nothing => "no FIN yet".into(),
             Packet::SynAck => "SYN-ACK".into(),
             Packet::Ack => "ACK".into(),
             Packet::Fin => "FIN".into(),
@@ -94,6 +97,7 @@ impl Packet {
             Packet::Fin => text.yellow(),
             Packet::Rst | Packet::SynDropped => text.red(),
             Packet::Data(_) => text.normal(),
+            Packet::Nothing => text.dimmed(),
         }
     }
 }
@@ -106,6 +110,10 @@ fn wire(packet: Option<(Packet, Side)>) -> String {
     let inner = format!(" {} ", packet.label());
     let len = inner.chars().count();
     let arrow = match (packet, from) {
+        (Packet::Nothing, _) => {
+            let pad = WIRE.saturating_sub(len + 2);
+            return format!("  {}{}", packet.paint(&inner), " ".repeat(pad));
+        }
         (Packet::SynDropped, _) => {
             let line = format!("──{inner}──✗");
             let pad = WIRE.saturating_sub(len + 5);
@@ -305,7 +313,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
         if let Some(label) = key.as_deref().and_then(|k| labels.get(k)).filter(|_| many) {
             pieces.push(Piece::new(format!("#{label}"), Style::Dim));
         }
-        pieces.extend(call(e, kind));
+        pieces.extend(call(e, kind, many));
         if let Some(state) = e["tcp_state"].as_str() {
             pieces.push(Piece::new(format!("[{state}]"), Style::State));
         }
@@ -339,7 +347,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
                 d.fin[me] = true;
                 packet = Some((Packet::Fin, side));
             }
-            Kind::Close if note == note::CLOSE_SHARED => d.gone[me] = true,
+            Kind::Close if note == note::CLOSE_SHARED => packet = Some((Packet::Nothing, side)),
             Kind::Close if note == note::CLOSE_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
@@ -460,7 +468,7 @@ fn wide_row(out: &mut String, time: Option<f64>, e: &Value, kind: Kind) {
 }
 
 /// What a side did, as the call and its result: `read() = 0`, `write() = EPIPE`.
-fn call(e: &Value, kind: Kind) -> Vec<Piece> {
+fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
     let label = |text: &str| Piece::new(text, Style::Label(kind));
     let plain = |text: String| Piece::new(text, Style::Plain);
     let detail = e["detail"].as_str().unwrap_or("");
@@ -471,6 +479,7 @@ fn call(e: &Value, kind: Kind) -> Vec<Piece> {
             label("listen()"),
             plain(e["local"].as_str().unwrap_or("").to_string()),
         ],
+        Kind::Accept if many => vec![label("accept()")],
         Kind::Accept => vec![
             label("accept()"),
             plain(format!("= #{}", conn(e).unwrap_or(0))),
@@ -504,7 +513,9 @@ fn call(e: &Value, kind: Kind) -> Vec<Piece> {
     }
     let detail_is_new = !matches!(kind, Kind::Reset | Kind::Listen);
     if !detail.is_empty() && detail_is_new {
-        pieces.push(Piece::new(format!("({detail})"), Style::Dim));
+        // Word by word, so a long detail wraps instead of being cut.
+        let words = format!("({detail})");
+        pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
 }

@@ -33,6 +33,9 @@ pub use scenarios::{Scenario, SCENARIOS};
 /// The longest a demo waits for any one step. A demo that works never comes close.
 const STEP_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a demo waits, at its end, for children that end by themselves.
+const ENDING_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a child gets to stop after SIGINT before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -112,6 +115,8 @@ struct Proc {
     stdin: Option<ChildStdin>,
     /// Its stdout reached EOF: every event it will ever print has arrived.
     drained: bool,
+    /// A client, or a server told `--exit-after`: it ends by itself, given a moment.
+    ends_by_itself: bool,
     status: Option<ExitStatus>,
 }
 
@@ -236,6 +241,7 @@ impl Lab {
             child,
             stdin,
             drained: false,
+            ends_by_itself: args.first() == Some(&"client") || args.contains(&"--exit-after"),
             status: None,
         });
         Ok(ProcId(index))
@@ -404,6 +410,16 @@ impl Lab {
 
     /// Stop every child still running and return every event.
     fn finish(mut self) -> Vec<Value> {
+        // A server that stops by itself after --exit-after says so better than a Ctrl-C.
+        let deadline = Instant::now() + ENDING_WAIT;
+        while Instant::now() < deadline
+            && self
+                .procs
+                .iter_mut()
+                .any(|p| p.ends_by_itself && p.running())
+        {
+            self.pump(Duration::from_millis(10));
+        }
         for proc in &mut self.procs {
             proc.stop();
         }

@@ -735,48 +735,65 @@ fn backlog_full(lab: &mut Lab) -> Result<String> {
     let listener = raw_listener(lab, 1)?;
     let addr = listener.local_addr()?;
     let mut queued = 0;
-    let mut pending = 0;
+    let mut waiting = Vec::new();
     let mut sockets = Vec::new();
     for _ in 0..KNOCKS {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
-        let started = Instant::now();
         match socket.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e).context("connect() failed"),
         }
-        // A completed handshake takes microseconds on loopback; a dropped SYN waits 1 s.
-        let mut state = tcp_state::of(&socket);
-        while state == Some("SYN_SENT") && started.elapsed() < Duration::from_millis(500) {
-            lab.pause(Duration::from_millis(10));
-            state = tcp_state::of(&socket);
+        // On loopback a handshake the kernel completes takes microseconds.
+        let started = Instant::now();
+        while tcp_state::of(&socket) == Some("SYN_SENT")
+            && started.elapsed() < Duration::from_millis(50)
+        {
+            lab.pause(Duration::from_millis(2));
         }
-        let local = socket.local_addr().ok().and_then(|a| a.as_socket());
-        let event = Event::new(Kind::Connect)
-            .addrs(local, Some(addr))
-            .state(state);
-        let event = if state == Some("SYN_SENT") {
-            pending += 1;
-            event
-                .errno(Some("EINPROGRESS"))
-                .detail(format!(
-                    "not done after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ))
-                .note(note::CONNECT_PENDING)
+        if tcp_state::of(&socket) == Some("SYN_SENT") {
+            waiting.push(sockets.len());
         } else {
             queued += 1;
-            event.note(note::CONNECT_QUEUED)
-        };
-        lab.emit(Role::Client, event);
-        sockets.push(socket);
+            let event = connect_event(&socket, addr).note(note::CONNECT_QUEUED);
+            lab.emit(Role::Client, event);
+        }
+        sockets.push((socket, started));
+    }
+    // A dropped SYN is sent again after 1 s: look again before that.
+    lab.pause(Duration::from_millis(500));
+    let mut pending = 0;
+    let mut longest: f64 = 0.0;
+    for i in waiting {
+        let (socket, started) = &sockets[i];
+        let event = connect_event(socket, addr);
+        if event.tcp_state == Some("SYN_SENT") {
+            pending += 1;
+            let waited = started.elapsed().as_secs_f64();
+            longest = longest.max(waited);
+            let event = event
+                .errno(Some("EINPROGRESS"))
+                .detail(format!("waited {waited:.1} s"))
+                .note(note::CONNECT_PENDING);
+            lab.emit(Role::Client, event);
+        } else {
+            lab.emit(Role::Client, event.note(note::CONNECT_QUEUED));
+        }
     }
     ensure!(
         queued >= 1 && pending >= 1,
         "with a backlog of 1, {queued} connects completed and {pending} waited; expected both kinds"
     );
     Ok(format!(
-        "with a backlog of 1 and no accept(), the kernel completed and queued {queued} connections; the other {pending} connect() calls were still waiting (SYN_SENT) after 0.5 s: their SYNs were dropped"
+        "with a backlog of 1 and no accept(), the kernel completed and queued {queued} connections; the other {pending} connect() calls were still waiting (SYN_SENT) after {longest:.1} s: their SYNs were dropped"
     ))
+}
+
+/// A `connect` event for a socket the demo connected itself, in its state right now.
+fn connect_event(socket: &Socket, to: SocketAddr) -> Event {
+    let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+    Event::new(Kind::Connect)
+        .addrs(local, Some(to))
+        .state(tcp_state::of(socket))
 }
