@@ -363,18 +363,34 @@ impl Lab {
         }
     }
 
-    /// Wait until `n` events satisfy `matches` (taking them all).
+    /// Wait until `n` events satisfy `matches` (taking them all), in one pass over the events.
     pub fn wait_many(
         &mut self,
         what: &str,
         n: usize,
         matches: impl Fn(&Value) -> bool,
     ) -> Result<()> {
-        for got in 0..n {
-            self.wait(what, &matches)
-                .with_context(|| format!("only {got} of {n}"))?;
+        let deadline = Instant::now() + STEP_WAIT;
+        let (mut got, mut looked) = (0, 0);
+        loop {
+            for i in looked..self.events.len() {
+                if got < n && !self.taken[i] && matches(&self.events[i]) {
+                    self.taken[i] = true;
+                    got += 1;
+                }
+            }
+            looked = self.events.len();
+            if got == n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "expected {what} ({n} times) within {} s, but it happened {got} times",
+                    STEP_WAIT.as_secs()
+                );
+            }
+            self.pump(Duration::from_millis(20));
         }
-        Ok(())
     }
 
     /// The first event so far not yet taken that satisfies `matches`, without waiting.
