@@ -96,7 +96,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         Ok(shown) => {
             let line = format!("shown: {shown}");
             if text {
-                let _ = writeln!(stdout, "{} {}", "✓".green().bold(), line.bold());
+                // Wrapped to 80 columns, under the check mark.
+                for (i, part) in crate::event::wrap(&line, 77).enumerate() {
+                    let mark = if i == 0 {
+                        "✓".green().bold()
+                    } else {
+                        " ".normal()
+                    };
+                    let _ = writeln!(stdout, "{mark} {}", part.bold());
+                }
             } else {
                 eprintln!("tcp-lab demo {name}: {line}");
             }
