@@ -147,13 +147,7 @@ fn the_text_output_is_a_ladder_that_fits_80_columns() {
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
-    assert!(
-        text.contains(
-            "
-✓ shown: "
-        ),
-        "{text}"
-    );
+    assert!(text.contains("\n✓ shown: "), "{text}");
 
     let quiet = Command::new(BIN)
         .args(["demo", "refused", "--color", "never", "--no-explain"])
