@@ -129,7 +129,7 @@ pub struct AddrArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The concurrency model.
-    #[arg(long, value_enum, default_value_t = Mode::Blocking)]
+    #[arg(long, value_enum, default_value_t = Mode::Poll)]
     pub mode: Mode,
     #[command(flatten)]
     pub addr: AddrArgs,

@@ -8,6 +8,9 @@
 //! | [`server::process`] | a child process per connection; the parent closes its copy | 02 |
 //! | [`server::threaded`] | a thread per connection; shared descriptors; a panic is local | 03 |
 //! | [`server::echo`] | one connection's life: read, echo, and every way it ends | 01, 06, 07 |
+//! | [`server::nonblocking`] | one thread asking every socket: EAGAIN, and a core burnt on it | 04 |
+//! | [`server::poll`] | one thread sleeping in epoll/kqueue; oneshot re-arm; backpressure | 05, 11 |
+//! | [`server::event_loop`] | what a connection needs between turns: queued output, deadlines | 04, 05 |
 //! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |
 //! | [`outcome`] | what a socket call's result means: 0 is a FIN, ECONNRESET an RST, … | 06, 07 |
 //! | [`note`] | the teaching notes, checked against a packet capture | all |

@@ -132,3 +132,7 @@ only now, with no process holding the socket, does the kernel send the FIN";
 pub const CLOSE_QUEUED: &str = "stopping: this connection was complete but still queued (never \
 accepted). Closing the listener would make the kernel RST it, so we accept it only to close it with \
 a FIN";
+
+pub const WOULDBLOCK: &str = "the loop's wasted tries: every accept() and read() that found \
+nothing failed with EAGAIN (WouldBlock) at once, and the loop asked again. A blocking or poll \
+server would have slept instead";

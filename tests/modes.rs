@@ -30,6 +30,14 @@ macro_rules! every_mode {
             fn process() {
                 super::$test("process")
             }
+            #[test]
+            fn nonblocking() {
+                super::$test("nonblocking")
+            }
+            #[test]
+            fn poll() {
+                super::$test("poll")
+            }
         }
     )*};
 }
@@ -45,6 +53,14 @@ macro_rules! concurrent_modes {
             #[test]
             fn process() {
                 super::$test("process")
+            }
+            #[test]
+            fn nonblocking() {
+                super::$test("nonblocking")
+            }
+            #[test]
+            fn poll() {
+                super::$test("poll")
             }
         }
     )*};

@@ -187,7 +187,7 @@ pub fn abort(conn: Connection, server: &Server) {
     drop(conn);
 }
 
-fn report_reset(conn: &Connection, server: &Server, call: &str) {
+pub fn report_reset(conn: &Connection, server: &Server, call: &str) {
     Stats::add(&server.stats.resets, 1);
     server.out.emit(
         conn.event(Kind::Reset)
@@ -197,7 +197,7 @@ fn report_reset(conn: &Connection, server: &Server, call: &str) {
     );
 }
 
-fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io::Error) {
+pub fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io::Error) {
     server.out.emit(
         conn.event(Kind::Error)
             .errno(outcome::errno_name(e))

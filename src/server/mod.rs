@@ -19,6 +19,9 @@ use crate::{note, outcome, tcp_state};
 
 pub mod blocking;
 pub mod echo;
+pub mod event_loop;
+pub mod nonblocking;
+pub mod poll;
 pub mod process;
 pub mod threaded;
 
@@ -80,6 +83,10 @@ pub struct Stats {
     pub open: AtomicU64,
     /// Connections turned away by --max-conns.
     pub turned_away: AtomicU64,
+    /// Event loops only: turns of the loop (nonblocking: tries of everything; poll: waits).
+    pub loop_iterations: AtomicU64,
+    /// Event loops only: calls that found nothing to do (EAGAIN), the cost of asking.
+    pub wouldblock: AtomicU64,
 }
 
 impl Stats {
@@ -96,12 +103,17 @@ impl Stats {
     }
 }
 
+/// Something to call when a stop is requested: an event loop asleep in `wait` cannot see a
+/// flag, so it leaves a way to wake it (`Poller::notify`).
+pub type StopHook = Box<dyn Fn() + Send + Sync>;
+
 /// A stop request (Ctrl-C or SIGTERM) that sleeping code can wait on.
 #[derive(Default)]
 pub struct Stop {
     requested: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    hooks: Mutex<Vec<StopHook>>,
 }
 
 impl Stop {
@@ -111,8 +123,21 @@ impl Stop {
 
     pub fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.wake.notify_all();
+        {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.notify_all();
+        }
+        let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        for hook in hooks.iter() {
+            hook();
+        }
+    }
+
+    /// Call `hook` whenever a stop is requested (the event loops wake their poller with it).
+    /// Register it before checking [`Stop::requested`], so a request in between is not missed.
+    pub fn on_request(&self, hook: StopHook) {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks.push(hook);
     }
 
     /// Sleep up to `duration`, waking early on a stop request. Returns true if stopped.
@@ -263,7 +288,12 @@ impl Connection {
 /// `tcp-lab serve`: listen, then run the chosen mode until it stops.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = Config::from_args(args);
-    let out = Output::new(Role::Server, Some(args.mode), &args.output).quiet(args.quiet);
+    let mut out = Output::new(Role::Server, Some(args.mode), &args.output).quiet(args.quiet);
+    if matches!(args.mode, Mode::Nonblocking | Mode::Poll) {
+        // One thread serves everyone: it writes events out once per turn of its loop, not
+        // once per event.
+        out = out.buffered();
+    }
     let addr = args.addr.resolve()?;
     let listener = listen(addr, args.backlog)?;
     out.emit(
@@ -273,6 +303,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .detail(format!("backlog {}", args.backlog))
             .note(note::LISTEN),
     );
+    out.flush(); // a script waits for this line to learn the port
 
     let server = Arc::new(Server {
         config,
@@ -286,7 +317,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         Mode::Blocking => blocking::run(&listener, &server),
         Mode::Threaded => threaded::run(&listener, &server),
         Mode::Process => process::run(&listener, &server, args.parent_keeps_fd),
-        other => anyhow::bail!("--mode {} is not available yet", other.name()),
+        Mode::Nonblocking => {
+            nonblocking::run(&listener, &server).context("the nonblocking server failed")?
+        }
+        Mode::Poll => poll::run(&listener, &server).context("the poll server failed")?,
     }
 
     if server.stop.requested() {
@@ -362,6 +396,17 @@ fn close_queued(listener: &TcpListener, server: &Server) {
     }
 }
 
+/// User plus system CPU time of this process so far, in milliseconds (getrusage).
+pub fn cpu_ms() -> u64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
 fn emit_summary(server: &Server) {
     let stats = &server.stats;
     let mut summary = Event::new(Kind::Summary)
@@ -375,6 +420,14 @@ fn emit_summary(server: &Server) {
             .stat("resets", Stats::get(&stats.resets));
     }
     summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
+    // The event loops' cost: how often they went round, how many calls found nothing, and
+    // the CPU time the whole process used.
+    if matches!(server.config.mode, Mode::Nonblocking | Mode::Poll) {
+        summary = summary
+            .stat("loop_iterations", Stats::get(&stats.loop_iterations))
+            .stat("wouldblock", Stats::get(&stats.wouldblock))
+            .stat("cpu_ms", cpu_ms());
+    }
     server.out.emit(summary.note(note::SUMMARY));
     server.out.flush();
 }

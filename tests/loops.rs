@@ -1,0 +1,261 @@
+//! The single-threaded event loops (`nonblocking`, `poll`): what only they must get right.
+//! Nothing may wait in one thread, so descriptors running out, a peer that floods and never
+//! reads, idle peers and `--delay` are all handled by the loop itself, without sleeping,
+//! spinning or growing memory.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+macro_rules! loop_modes {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn nonblocking() {
+                super::$test("nonblocking")
+            }
+            #[test]
+            fn poll() {
+                super::$test("poll")
+            }
+        }
+    )*};
+}
+
+loop_modes!(
+    out_of_descriptors_is_reported_once_survived_and_served_again,
+    a_peer_that_floods_and_never_reads_leaves_memory_bounded,
+    an_idle_connection_times_out_with_a_fin,
+    delay_is_a_timer_so_delayed_echoes_overlap,
+    the_summary_shows_the_cost_of_the_loop,
+);
+
+/// With 64 descriptors and 100 peers, accept() fails EMFILE. The server says so once, backs
+/// off instead of spinning (poll: little CPU; nonblocking spins by design, so only the
+/// report is checked there), and serves again once the peers leave.
+fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve", "--mode", mode, "--port", "0", "--quiet", "--format", "json",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Proc::spawn_command(cmd, &format!("serve --mode {mode} (64 fds)"));
+    let port = port_of(&server.expect("listen")["local"]);
+    let peers: Vec<TcpStream> = (0..100).map(|_| raw_peer(port)).collect();
+    let error = server.expect("error");
+    assert_eq!(error["errno"], "EMFILE");
+
+    // The measurement window (not a synchronisation): the server is out of descriptors
+    // throughout, and retries every back-off period.
+    let pid = server.child.id();
+    let before = cpu_seconds(pid);
+    let window = Instant::now();
+    thread::sleep(Duration::from_secs(1));
+    let used = (cpu_seconds(pid) - before) / window.elapsed().as_secs_f64();
+    if mode == "poll" {
+        assert!(
+            used < 0.3,
+            "poll used {:.0} % of a core out of descriptors",
+            used * 100.0
+        );
+    }
+
+    drop(peers);
+    let mut probe = client(port, &["--send", "served again"]);
+    assert!(probe.wait_exit().success(), "{}", probe.stderr_text());
+    assert_eq!(probe.expect("recv")["data"], "served again\\n");
+
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    let emfiles = server
+        .seen
+        .iter()
+        .filter(|e| e["kind"] == "error" && e["errno"] == "EMFILE")
+        .count();
+    assert_eq!(
+        emfiles,
+        1,
+        "EMFILE is reported once per episode:\n{}",
+        server.history()
+    );
+}
+
+/// A peer sends 200 MiB and never reads its echo. The server queues at most MAX_PENDING for
+/// it, then stops reading from it (backpressure): its memory stays small, the flooder's
+/// write stalls, and another client is still served.
+fn a_peer_that_floods_and_never_reads_leaves_memory_bounded(mode: &str) {
+    const FLOOD: u64 = 200 * 1024 * 1024;
+    const RSS_LIMIT_KB: u64 = 64 * 1024;
+    let (mut server, port) = server(mode, &["--quiet"]);
+    let pid = server.child.id();
+    let written = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let (written, done) = (Arc::clone(&written), Arc::clone(&done));
+        let mut peer = raw_peer(port);
+        thread::spawn(move || {
+            let chunk = vec![b'x'; 1024 * 1024];
+            while written.load(Ordering::Relaxed) < FLOOD {
+                // Blocks once the buffers are full; fails once the server is killed.
+                if peer.write_all(&chunk).is_err() {
+                    break;
+                }
+                written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            done.store(true, Ordering::Relaxed);
+        })
+    };
+
+    // Until the flooder has made no progress for a second (the buffers are full and the
+    // server stopped reading), the server's memory is sampled and must stay bounded.
+    let deadline = Instant::now() + WAIT;
+    let mut last = (0, Instant::now());
+    let mut peak_kb = 0;
+    loop {
+        peak_kb = peak_kb.max(status_kb(pid, "VmRSS"));
+        assert!(
+            peak_kb < RSS_LIMIT_KB,
+            "{mode}: VmRSS {peak_kb} kB under a flood"
+        );
+        let now_written = written.load(Ordering::Relaxed);
+        assert!(
+            !done.load(Ordering::Relaxed),
+            "the flood was never held back ({now_written} bytes)"
+        );
+        if now_written != last.0 {
+            last = (now_written, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{mode}: the flood never stalled");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(written.load(Ordering::Relaxed) < FLOOD);
+
+    // Someone else is served meanwhile.
+    let mut other = raw_peer(port);
+    other.write_all(b"me too").unwrap();
+    assert_eq!(read_exactly(&mut other, 6), b"me too");
+    let rss = status_kb(pid, "VmRSS");
+    assert!(rss < RSS_LIMIT_KB, "{mode}: VmRSS {rss} kB under a flood");
+
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    flooder.join().unwrap();
+}
+
+fn an_idle_connection_times_out_with_a_fin(mode: &str) {
+    let (mut server, port) = server(mode, &["--idle-timeout", "1"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"hello").unwrap();
+    assert_eq!(read_exactly(&mut peer, 5), b"hello");
+    let spoke = Instant::now();
+    // Then silence: after a second the server closes, and we read its FIN.
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the server's FIN");
+    let waited = spoke.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    let timeout = server.expect_conn("timeout", 1);
+    assert!(timeout["detail"].as_str().unwrap().starts_with("idle 1."));
+
+    // A connection that keeps talking is not closed.
+    let mut talker = raw_peer(port);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        talker.write_all(b"ping").unwrap();
+        assert_eq!(read_exactly(&mut talker, 4), b"ping");
+        thread::sleep(Duration::from_millis(100)); // the pace of the talk, not a synchronisation
+    }
+    assert_eq!(
+        server.position("timeout", Some(2)),
+        None,
+        "{}",
+        server.history()
+    );
+}
+
+/// Six peers ask at once and each echo is 600 ms away. A loop that slept would answer them
+/// one after the other (3.6 s); with a timer per connection they are all answered after
+/// about 600 ms.
+fn delay_is_a_timer_so_delayed_echoes_overlap(mode: &str) {
+    let delay = Duration::from_millis(600);
+    let (_server, port) = server(mode, &["--delay", "600", "--quiet"]);
+    let mut peers: Vec<TcpStream> = (0..6).map(|_| raw_peer(port)).collect();
+    let started = Instant::now();
+    for (i, peer) in peers.iter_mut().enumerate() {
+        peer.write_all(format!("peer {i}").as_bytes()).unwrap();
+    }
+    for (i, peer) in peers.iter_mut().enumerate() {
+        assert_eq!(read_exactly(peer, 6), format!("peer {i}").as_bytes());
+    }
+    let took = started.elapsed();
+    assert!(took >= delay, "echoed after {took:?}, before the delay");
+    assert!(took < delay * 4, "{mode}: six delayed echoes took {took:?}");
+}
+
+/// Idle for a moment, then stopped: the summary reports the loop's turns, its wasted tries
+/// and its CPU time. The nonblocking loop turns constantly; the poll loop barely wakes up.
+fn the_summary_shows_the_cost_of_the_loop(mode: &str) {
+    let (mut server, _port) = server(mode, &[]);
+    thread::sleep(Duration::from_millis(500)); // idle: the measured period
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    let summary = server.expect("summary");
+    let stat = |name: &str| {
+        summary["stats"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {summary}"))
+    };
+    let (turns, wasted, _cpu_ms) = (stat("loop_iterations"), stat("wouldblock"), stat("cpu_ms"));
+    if mode == "nonblocking" {
+        assert!(turns > 1000 && wasted >= turns, "{summary}");
+    } else {
+        assert!(turns < 20 && wasted < 20, "{summary}");
+    }
+}
+
+/// A field of /proc/PID/status, in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
