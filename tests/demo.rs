@@ -210,7 +210,6 @@ fn parent_keeps_fd_delays_the_fin_until_the_parent_closes() {
 }
 
 #[test]
-#[ignore = "needs --mode nonblocking from the loops branch"]
 fn nonblocking_spin_counts_the_wasted_tries() {
     let mut demo = demo("nonblocking-spin");
     client(&mut demo, "recv");
@@ -223,7 +222,6 @@ fn nonblocking_spin_counts_the_wasted_tries() {
 }
 
 #[test]
-#[ignore = "needs --mode poll from the loops branch"]
 fn poll_many_serves_a_thousand_clients_from_one_thread() {
     let mut demo = demo("poll-many");
     let accepts = demo.seen.iter().filter(|e| e["kind"] == "accept").count();

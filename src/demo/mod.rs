@@ -562,11 +562,13 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
                     sent.push((total, i));
                 }
             }
+            // Their first event of one of `kinds` that sent something: closing one copy of
+            // a shared socket sends nothing.
             let first_of = |kinds: &[&str]| {
-                theirs
-                    .iter()
-                    .copied()
-                    .find(|&i| kinds.iter().any(|k| events[i]["kind"] == *k))
+                theirs.iter().copied().find(|&i| {
+                    kinds.iter().any(|k| events[i]["kind"] == *k)
+                        && events[i]["note"] != crate::note::CLOSE_SHARED
+                })
             };
             let mut received = 0;
             for &i in indices.iter().filter(|&&i| events[i]["role"] == side) {

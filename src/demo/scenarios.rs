@@ -194,13 +194,15 @@ fn parent_keeps_fd(lab: &mut Lab) -> Result<String> {
     if lab.seen(|e| is(e, CLIENT, "eof")) {
         bail!("the client read EOF while the parent still held the socket");
     }
+    // Ctrl-C: the parent stops, and only now closes the copy it kept.
+    let interrupted = lab.now();
     lab.interrupt(server);
-    let released = lab.wait("the parent to close its copy", |e| {
+    lab.wait("the parent to close its copy", |e| {
         on(e, SERVER, "close", 1) && e["note"] == note::CLOSE_PARENT_COPY
     })?;
     let eof = lab.wait("the client's EOF", |e| is(e, CLIENT, "eof"))?;
     ensure!(
-        ts(&eof) >= ts(&released),
+        ts(&eof) >= interrupted,
         "the client read EOF at {:.3} s, before the parent let go",
         ts(&eof)
     );

@@ -172,8 +172,9 @@ pub fn close(conn: Connection, server: &Server, why: &'static str) {
     } else {
         why
     };
-    server.out.emit(conn.event_closed(Kind::Close).note(why));
-    drop(conn); // the descriptor is closed here
+    let event = conn.event_closed(Kind::Close).note(why);
+    drop(conn); // the descriptor is closed here: the FIN is on its way when we say so
+    server.out.emit(event);
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
@@ -181,10 +182,9 @@ pub fn abort(conn: Connection, server: &Server) {
     if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(std::time::Duration::ZERO)) {
         report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
     }
-    server
-        .out
-        .emit(conn.event_closed(Kind::Abort).note(note::ABORT));
-    drop(conn);
+    let event = conn.event_closed(Kind::Abort).note(note::ABORT);
+    drop(conn); // the RST goes out here
+    server.out.emit(event);
 }
 
 pub fn report_reset(conn: &Connection, server: &Server, call: &str) {
