@@ -218,7 +218,7 @@ fn nonblocking_spin_counts_the_wasted_tries() {
     for field in ["loop_iterations", "wouldblock", "cpu_ms"] {
         assert!(stats[field].is_u64(), "no {field}: {summary}");
     }
-    assert!(stats["wouldblock"].as_u64().unwrap() >= 1000, "{summary}");
+    assert!(stats["wouldblock"].as_u64().unwrap() >= 100, "{summary}");
 }
 
 #[test]

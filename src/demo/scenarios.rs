@@ -230,12 +230,18 @@ fn nonblocking_spin(lab: &mut Lab) -> Result<String> {
         bail!("the summary has no loop_iterations, wouldblock or cpu_ms: {summary}");
     };
     let wall_ms = ((ts(&summary) - start) * 1000.0).max(1.0);
+    // One connection and one message were all the work there was: nearly every try was
+    // wasted. (On a busy machine the loop yields the CPU to others, so it turns less often;
+    // the proportion stays.)
+    let useful = summary["stats"]["connections"].as_u64().unwrap_or(0)
+        + summary["stats"]["messages"].as_u64().unwrap_or(0);
     ensure!(
-        wouldblock >= 1000,
-        "the loop got WouldBlock only {wouldblock} times in {wall_ms:.0} ms"
+        wouldblock >= 100 && wouldblock >= 10 * useful,
+        "the loop got WouldBlock only {wouldblock} times in {wall_ms:.0} ms, for {useful} accepts and reads that found something"
     );
     Ok(format!(
-        "while one client sat idle for a second, the loop went round {loops} times, got WouldBlock {wouldblock} times and used {cpu_ms} ms of CPU in {wall_ms:.0} ms"
+        "while one client sat idle for a second, the loop went round {loops} times and got WouldBlock {wouldblock} times, for {useful} calls that found something; it used {cpu_ms} ms of CPU in {wall_ms:.0} ms ({:.0}% of a core)",
+        cpu_ms as f64 * 100.0 / wall_ms
     ))
 }
 
