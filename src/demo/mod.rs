@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -110,15 +111,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }
             Ok(())
         }
-        Err(error) => Err(error.context(format!(
-            "demo {name}: the kernel did not do what this demo teaches"
-        ))),
+        Err(error) => Err(error.context(format!("demo {name} did not show what it teaches"))),
     }
 }
 
 /// A child process of the demo, stopped when dropped.
 struct Proc {
     name: String,
+    /// What it wrote to stderr (tcp-lab's one-line errors).
+    stderr: Arc<Mutex<String>>,
     child: Child,
     stdin: Option<ChildStdin>,
     /// Its stdout reached EOF: every event it will ever print has arrived.
@@ -129,6 +130,11 @@ struct Proc {
 }
 
 impl Proc {
+    fn stderr_text(&self) -> String {
+        let text = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        text.trim().to_string()
+    }
+
     fn running(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
@@ -224,7 +230,7 @@ impl Lab {
             .env(EPOCH_ENV, self.epoch_ns.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         die_with_parent(&mut command);
         let mut child = command
             .spawn()
@@ -243,8 +249,20 @@ impl Lab {
             }
             let _ = tx.send(Msg::Done(index));
         });
+        // Its error line, if it fails, explains a demo that went wrong.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let text = Arc::clone(&stderr);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = text.lock().unwrap_or_else(|p| p.into_inner());
+                text.push_str(line.trim().trim_start_matches("tcp-lab: error: "));
+                text.push(' ');
+            }
+        });
         let stdin = child.stdin.take();
         self.procs.push(Proc {
+            stderr,
             name: format!("tcp-lab {}", args.join(" ")),
             child,
             stdin,
@@ -261,6 +279,14 @@ impl Lab {
         let mut all = vec!["serve", "--port", port.as_str()];
         all.extend_from_slice(args);
         let id = self.spawn(&all)?;
+        let deadline = Instant::now() + STEP_WAIT;
+        while !self.seen(|e| is(e, SERVER, "listen")) && Instant::now() < deadline {
+            let proc = &mut self.procs[id.0];
+            if !proc.running() {
+                bail!("the server did not start: {}", proc.stderr_text());
+            }
+            self.pump(Duration::from_millis(10));
+        }
         let listen = self.wait("the server's listen()", |e| is(e, SERVER, "listen"))?;
         Ok((
             id,
@@ -362,9 +388,10 @@ impl Lab {
             looked = self.events.len();
             if Instant::now() >= deadline {
                 bail!(
-                    "expected {what} within {} s, but it did not happen; instead: {}",
+                    "expected {what} within {} s, but it did not happen; instead: {}{}",
                     STEP_WAIT.as_secs(),
-                    self.story()
+                    self.story(),
+                    self.errors()
                 );
             }
             self.pump(Duration::from_millis(20));
@@ -413,6 +440,21 @@ impl Lab {
     pub fn seen(&mut self, matches: impl Fn(&Value) -> bool) -> bool {
         self.pump(Duration::ZERO);
         self.events.iter().any(matches)
+    }
+
+    /// What the children said on stderr, for a failure message.
+    fn errors(&self) -> String {
+        let said: Vec<String> = self
+            .procs
+            .iter()
+            .map(Proc::stderr_text)
+            .filter(|t| !t.is_empty())
+            .collect();
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!(" (and on stderr: {})", said.join(" / "))
+        }
     }
 
     /// The events so far, said briefly, for a failure message.
