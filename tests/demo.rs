@@ -395,6 +395,17 @@ fn a_demo_whose_port_is_taken_exits_1_and_says_why() {
         stderr.contains(&format!("cannot bind 127.0.0.1:{port}")),
         "{stderr}"
     );
+
+    // A child server that cannot bind: its own error line, at once.
+    let output = Command::new(BIN)
+        .args(["demo", "orderly-close", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the server did not start"), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 /// A port another socket is listening on.
