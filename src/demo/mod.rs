@@ -120,6 +120,7 @@ struct Proc {
     name: String,
     /// What it wrote to stderr (tcp-lab's one-line errors).
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
     child: Child,
     stdin: Option<ChildStdin>,
     /// Its stdout reached EOF: every event it will ever print has arrived.
@@ -253,7 +254,7 @@ impl Lab {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr is piped");
         let text = Arc::clone(&stderr);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let mut text = text.lock().unwrap_or_else(|p| p.into_inner());
                 text.push_str(line.trim().trim_start_matches("tcp-lab: error: "));
@@ -263,6 +264,7 @@ impl Lab {
         let stdin = child.stdin.take();
         self.procs.push(Proc {
             stderr,
+            stderr_reader: Some(stderr_reader),
             name: format!("tcp-lab {}", args.join(" ")),
             child,
             stdin,
@@ -283,6 +285,10 @@ impl Lab {
         while !self.seen(|e| is(e, SERVER, "listen")) && Instant::now() < deadline {
             let proc = &mut self.procs[id.0];
             if !proc.running() {
+                // It exited: its stderr is closed, so the reader ends at once.
+                if let Some(reader) = proc.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 bail!("the server did not start: {}", proc.stderr_text());
             }
             self.pump(Duration::from_millis(10));
