@@ -15,6 +15,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::{conn, is, ts, Lab, CLIENT, SERVER};
 use crate::event::{Event, Kind, Role};
+use crate::server::Connection;
 use crate::{note, tcp_state};
 
 /// One demo: its name, what it shows (one line), and the function that runs it.
@@ -541,20 +542,18 @@ fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
     Ok(listener)
 }
 
-/// accept() on the demo's own listener, bounded in time.
-fn raw_accept(lab: &mut Lab, listener: &TcpListener) -> Result<(TcpStream, Event)> {
+/// accept() on the demo's own listener, bounded in time: connection #1, announced.
+fn raw_accept(lab: &mut Lab, listener: &TcpListener) -> Result<Connection> {
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 stream.set_nonblocking(false)?;
-                let event = Event::new(Kind::Accept)
-                    .conn(1)
-                    .addrs(stream.local_addr().ok(), stream.peer_addr().ok());
-                let accepted = event.clone().state(tcp_state::of(&stream));
-                lab.emit(Role::Server, accepted.note(note::ACCEPT));
-                return Ok((stream, event));
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let conn = Connection::new(1, stream);
+                lab.emit(Role::Server, conn.event(Kind::Accept).note(note::ACCEPT));
+                return Ok(conn);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
@@ -571,19 +570,18 @@ fn unread_data_rst(lab: &mut Lab) -> Result<String> {
     let listener = raw_listener(lab, 128)?;
     let port = listener.local_addr()?.port();
     let client = lab.client(port, &["--send", "hello"])?;
-    let (stream, conn) = raw_accept(lab, &listener)?;
+    let conn = raw_accept(lab, &listener)?;
     lab.wait("the client's message", |e| is(e, CLIENT, "send"))?;
     // Wait until the bytes sit in our receive buffer, then close without reading them.
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let unread = stream
+    let unread = conn
+        .stream
         .peek(&mut [0u8; 64])
         .context("the client's bytes never arrived")?;
-    let event = Event::new(Kind::Close)
-        .conn(1)
-        .addrs(conn.local, conn.peer)
+    let close = conn
+        .event_closed(Kind::Close)
         .detail(format!("{unread} bytes unread"));
-    drop(stream);
-    lab.emit(Role::Server, event.note(note::CLOSE_UNREAD));
+    drop(conn);
+    lab.emit(Role::Server, close.note(note::CLOSE_UNREAD));
     let reset = lab.wait("the client's read to fail ECONNRESET", |e| {
         is(e, CLIENT, "reset")
     })?;
@@ -660,59 +658,35 @@ const LARGE: usize = 200_000;
 fn byte_stream(lab: &mut Lab) -> Result<String> {
     let listener = raw_listener(lab, 128)?;
     let port = listener.local_addr()?.port();
-    lab.client(
-        port,
-        &[
-            "--send",
-            "one",
-            "--send",
-            "two",
-            "--send",
-            "three",
-            "--half-close",
-        ],
-    )?;
-    let (mut stream, conn) = raw_accept(lab, &listener)?;
-    let event = |kind| {
-        let mut e = conn.clone();
-        e.kind = kind;
-        e
-    };
+    let three = ["--send", "one", "--send", "two", "--send", "three"];
+    lab.client(port, &[&three[..], &["--half-close"]].concat())?;
+    let mut conn = raw_accept(lab, &listener)?;
     // The client writes three times before we read at all: its shutdown proves all three
     // are in our receive buffer.
     lab.wait("the client's shutdown(Write)", |e| {
         is(e, CLIENT, "shutdown")
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let n = stream.read(&mut buf).context("read() failed")?;
-    let recv = event(Kind::Recv).payload(&buf[..n]);
-    lab.emit(
-        Role::Server,
-        recv.state(tcp_state::of(&stream)).note(note::RECV),
-    );
+    let n = conn.stream.read(&mut buf).context("read() failed")?;
+    let recv = conn.event(Kind::Recv).payload(&buf[..n]);
+    lab.emit(Role::Server, recv.note(note::RECV));
     ensure!(
         &buf[..n] == b"one\ntwo\nthree\n",
         "one read returned {n} bytes, not the three messages' 14"
     );
 
     let large: Vec<u8> = b"0123456789".iter().copied().cycle().take(LARGE).collect();
-    stream.write_all(&large).context("the large write failed")?;
-    let send = event(Kind::Send).payload(&large);
-    lab.emit(
-        Role::Server,
-        send.state(tcp_state::of(&stream)).note(note::SEND),
-    );
-    let n = stream.read(&mut buf).context("read() failed")?;
+    conn.stream
+        .write_all(&large)
+        .context("the large write failed")?;
+    let send = conn.event(Kind::Send).payload(&large);
+    lab.emit(Role::Server, send.note(note::SEND));
+    let n = conn.stream.read(&mut buf).context("read() failed")?;
     ensure!(n == 0, "expected the client's FIN, got {n} more bytes");
-    lab.emit(
-        Role::Server,
-        event(Kind::Eof)
-            .state(tcp_state::of(&stream))
-            .note(note::EOF),
-    );
-    drop(stream);
-    lab.emit(Role::Server, event(Kind::Close).note(note::CLOSE_AFTER_EOF));
+    lab.emit(Role::Server, conn.event(Kind::Eof).note(note::EOF));
+    let close = conn.event_closed(Kind::Close);
+    drop(conn);
+    lab.emit(Role::Server, close.note(note::CLOSE_AFTER_EOF));
 
     lab.wait("the client to read the server's FIN", |e| {
         is(e, CLIENT, "eof")
