@@ -64,12 +64,12 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
             ReadOutcome::WouldBlock => {
                 let idle_for = last_heard.elapsed();
                 if config.idle_timeout.is_some_and(|limit| idle_for >= limit) {
-                    out.emit(
-                        conn.event(Kind::Timeout)
-                            .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
-                            .note(note::TIMEOUT),
-                    );
+                    let event = conn
+                        .event(Kind::Timeout)
+                        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
+                        .note(note::TIMEOUT);
                     drop(conn); // close(): the FIN goes out
+                    out.emit(event);
                     return Ending::Finished;
                 }
                 continue;
@@ -166,8 +166,9 @@ pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
 
 /// close(): the kernel sends our FIN.
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
-    server.out.emit(conn.event_closed(Kind::Close).note(why));
-    drop(conn); // the descriptor is closed here
+    let event = conn.event_closed(Kind::Close).note(why);
+    drop(conn); // the descriptor is closed here; the event follows the call it reports
+    server.out.emit(event);
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
@@ -175,10 +176,9 @@ pub fn abort(conn: Connection, server: &Server) {
     if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(std::time::Duration::ZERO)) {
         report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
     }
-    server
-        .out
-        .emit(conn.event_closed(Kind::Abort).note(note::ABORT));
-    drop(conn);
+    let event = conn.event_closed(Kind::Abort).note(note::ABORT);
+    drop(conn); // the RST goes out here
+    server.out.emit(event);
 }
 
 pub fn report_reset(conn: &Connection, server: &Server, call: &str) {
