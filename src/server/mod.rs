@@ -292,22 +292,23 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     let addr = args.addr.resolve()?;
     let listener = listen(addr, args.backlog)?;
-    out.emit(
-        Event::new(Kind::Listen)
-            .addrs(listener.local_addr().ok(), None)
-            .state(tcp_state::of(&listener))
-            .detail(format!("backlog {}", args.backlog))
-            .note(note::LISTEN),
-    );
-    out.flush(); // a script waits for this line to learn the port
-
     let server = Arc::new(Server {
         config,
         out,
         stop: Stop::default(),
         stats: Stats::default(),
     });
+    // Before the `listen` event: a script that signals us as soon as it sees it must find
+    // the handler in place.
     install_stop_handler(&server, true)?;
+    server.out.emit(
+        Event::new(Kind::Listen)
+            .addrs(listener.local_addr().ok(), None)
+            .state(tcp_state::of(&listener))
+            .detail(format!("backlog {}", args.backlog))
+            .note(note::LISTEN),
+    );
+    server.out.flush(); // a script waits for this line to learn the port
 
     match args.mode {
         Mode::Blocking => blocking::run(&listener, &server),
