@@ -123,15 +123,26 @@ fn c10k(conns: usize) {
     println!("  summary: {summary}");
 }
 
-/// The cost of waiting: each loop server idle for about a second, then its summary.
+/// The cost of waiting: each loop server idle for about a second, with no connection and
+/// then with ten idle ones, and its summary.
 fn idle() {
-    for mode in ["nonblocking", "poll"] {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--mode", mode, "--port", "0", "--quiet"]);
-        let mut server = Server::start(mode, cmd);
-        std::thread::sleep(Duration::from_secs(1));
-        let summary = server.stop();
-        println!("{mode:>11} idle ~1 s: {summary}");
+    for open in [0, 10] {
+        for mode in ["nonblocking", "poll"] {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["serve", "--mode", mode, "--port", "0", "--quiet"]);
+            let mut server = Server::start(mode, cmd);
+            let started = Instant::now();
+            let conns: Vec<TcpStream> = (0..open)
+                .map(|_| TcpStream::connect(("127.0.0.1", server.port)).expect("connect"))
+                .collect();
+            std::thread::sleep(Duration::from_secs(1));
+            let summary = server.stop();
+            drop(conns);
+            println!(
+                "{mode:>11}, {open:>2} idle connections, {:.2?}: {summary}",
+                started.elapsed()
+            );
+        }
     }
 }
 
