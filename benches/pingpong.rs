@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 const MESSAGE: [u8; 64] = [b'x'; 64];
-const WARMUP: Duration = Duration::from_secs(1);
-const MEASURE: Duration = Duration::from_secs(4);
-const ROUNDS: usize = 3;
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(2);
+const ROUNDS: usize = 5;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,22 +49,43 @@ fn value_of(args: &[String], name: &str) -> Option<usize> {
     args.get(i + 1)?.parse().ok()
 }
 
-/// Messages/second for each server and size, the median of ROUNDS alternating runs.
+/// Messages/second for each server and size, and messages per second of the server's own
+/// CPU time (its cost per message, which other programs on the machine disturb less). The
+/// median of ROUNDS runs, alternating between the servers.
 fn pingpong(sizes: &[usize]) {
     let mut poll = Server::start("poll", poll_command());
     let mut tokio = Server::start("tokio", tokio_command());
-    println!("ping-pong, 64-byte messages, {ROUNDS} rounds of {MEASURE:?} each (median)");
+    println!("ping-pong, 64-byte messages, one in flight per connection; median of {ROUNDS} runs of {MEASURE:?}");
     for &conns in sizes {
-        let mut rates: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
             for (i, server) in [&mut poll, &mut tokio].into_iter().enumerate() {
-                rates[i].push(measure(server, conns));
+                runs[i].push(measure(server, conns));
             }
         }
-        let [p, t] = rates.map(median);
+        let [p, t] = runs.map(|runs| {
+            let rate = median(runs.iter().map(|r| r.0).collect());
+            let cpu = median(runs.iter().map(|r| r.1).collect());
+            let per_cpu = median(runs.iter().map(|r| r.0 / r.1.max(0.01)).collect());
+            (rate, cpu, per_cpu)
+        });
+        println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second");
         println!(
-            "{conns:>6} connections: poll {:>9.0} msg/s (server CPU {:>3.0} %)   tokio {:>9.0} msg/s (server CPU {:>3.0} %)   poll/tokio {:.2}",
-            p.0, p.1 * 100.0, t.0, t.1 * 100.0, p.0 / t.0
+            "  poll         {:>9.0}      {:>4.0} %  {:>9.0}",
+            p.0,
+            p.1 * 100.0,
+            p.2
+        );
+        println!(
+            "  tokio        {:>9.0}      {:>4.0} %  {:>9.0}",
+            t.0,
+            t.1 * 100.0,
+            t.2
+        );
+        println!(
+            "  poll/tokio   {:>9.2}             {:>9.2}",
+            p.0 / t.0,
+            p.2 / t.2
         );
     }
     for server in [&poll, &tokio] {
@@ -92,9 +113,9 @@ fn measure(server: &mut Server, conns: usize) -> (f64, f64) {
     (messages as f64 / secs, cpu)
 }
 
-fn median(mut runs: Vec<(f64, f64)>) -> (f64, f64) {
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    runs[runs.len() / 2]
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// N connections open at once on the poll server, each one served (one echo), then the
