@@ -229,10 +229,11 @@ impl Server {
         }
     }
 
-    /// SIGINT, then its last line (tcp-lab's summary).
+    /// SIGTERM, then its last line (tcp-lab's summary). Not SIGINT: a shell ignores SIGINT
+    /// in background jobs, and the tokio server would inherit that.
     fn stop(&mut self) -> String {
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
         let last = self
             .reader
