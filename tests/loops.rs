@@ -191,6 +191,12 @@ fn an_idle_connection_times_out_with_a_fin(mode: &str) {
     let timeout = server.expect_conn("timeout", 1);
     assert!(timeout["detail"].as_str().unwrap().starts_with("idle 1."));
 
+    // So does one that never said anything.
+    let mut silent = raw_peer(port);
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).expect("the server's FIN");
+    server.expect_conn("timeout", 2);
+
     // A connection that keeps talking is not closed.
     let mut talker = raw_peer(port);
     let started = Instant::now();
@@ -200,7 +206,7 @@ fn an_idle_connection_times_out_with_a_fin(mode: &str) {
         thread::sleep(Duration::from_millis(100)); // the pace of the talk, not a synchronisation
     }
     assert_eq!(
-        server.position("timeout", Some(2)),
+        server.position("timeout", Some(3)),
         None,
         "{}",
         server.history()
@@ -268,4 +274,38 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A peer resets its connection while its echo is delayed. The poll loop has nothing to wait
+/// for on that socket meanwhile, so it leaves it disarmed: the hang-up must not wake the
+/// loop again and again until the timer fires.
+#[test]
+fn poll_a_reset_during_a_delay_does_not_wake_the_loop() {
+    let (mut server, port) = server("poll", &["--delay", "1000"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"x").unwrap();
+    server.expect_conn("recv", 1);
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(peer); // RST
+                // When the delay is over, the echo finds the connection dead.
+    let deadline = Instant::now() + WAIT;
+    let end = loop {
+        let event = server.next_event(WAIT).expect("an event");
+        if event["conn"] == 1
+            && ["reset", "broken_pipe", "error"].contains(&event["kind"].as_str().unwrap())
+        {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "{}", server.history());
+    };
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    let summary = server.expect("summary");
+    let turns = summary["stats"]["loop_iterations"].as_u64().unwrap();
+    assert!(
+        turns < 50,
+        "{turns} wake-ups around one delayed echo; {end}"
+    );
 }
