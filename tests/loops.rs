@@ -81,6 +81,25 @@ fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
         );
     }
 
+    // All the while, one report: the server retried every back-off period for a second,
+    // and what it printed meanwhile has arrived (it flushes every turn of its loop).
+    while server.next_event(Duration::ZERO).is_some() {}
+    let emfiles = |server: &Proc| {
+        server
+            .seen
+            .iter()
+            .filter(|e| e["kind"] == "error" && e["errno"] == "EMFILE")
+            .count()
+    };
+    assert_eq!(
+        emfiles(&server),
+        1,
+        "EMFILE is reported once while it lasts:\n{}",
+        server.history()
+    );
+
+    // The peers leave. (The connections still queued are accepted as the others close, so
+    // the server may run short once more on the way: a new episode, reported again.)
     drop(peers);
     let mut probe = client(port, &["--send", "served again"]);
     assert!(probe.wait_exit().success(), "{}", probe.stderr_text());
@@ -88,17 +107,6 @@ fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
 
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
-    let emfiles = server
-        .seen
-        .iter()
-        .filter(|e| e["kind"] == "error" && e["errno"] == "EMFILE")
-        .count();
-    assert_eq!(
-        emfiles,
-        1,
-        "EMFILE is reported once per episode:\n{}",
-        server.history()
-    );
 }
 
 /// A peer sends 200 MiB and never reads its echo. The server queues at most MAX_PENDING for
@@ -183,6 +191,12 @@ fn an_idle_connection_times_out_with_a_fin(mode: &str) {
     let timeout = server.expect_conn("timeout", 1);
     assert!(timeout["detail"].as_str().unwrap().starts_with("idle 1."));
 
+    // So does one that never said anything.
+    let mut silent = raw_peer(port);
+    let mut rest = Vec::new();
+    silent.read_to_end(&mut rest).expect("the server's FIN");
+    server.expect_conn("timeout", 2);
+
     // A connection that keeps talking is not closed.
     let mut talker = raw_peer(port);
     let started = Instant::now();
@@ -192,7 +206,7 @@ fn an_idle_connection_times_out_with_a_fin(mode: &str) {
         thread::sleep(Duration::from_millis(100)); // the pace of the talk, not a synchronisation
     }
     assert_eq!(
-        server.position("timeout", Some(2)),
+        server.position("timeout", Some(3)),
         None,
         "{}",
         server.history()
@@ -222,7 +236,7 @@ fn delay_is_a_timer_so_delayed_echoes_overlap(mode: &str) {
 /// and its CPU time. The nonblocking loop turns constantly; the poll loop barely wakes up.
 fn the_summary_shows_the_cost_of_the_loop(mode: &str) {
     let (mut server, _port) = server(mode, &[]);
-    thread::sleep(Duration::from_millis(500)); // idle: the measured period
+    thread::sleep(Duration::from_secs(1)); // idle: the measured period
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
     let summary = server.expect("summary");
@@ -233,7 +247,9 @@ fn the_summary_shows_the_cost_of_the_loop(mode: &str) {
     };
     let (turns, wasted, _cpu_ms) = (stat("loop_iterations"), stat("wouldblock"), stat("cpu_ms"));
     if mode == "nonblocking" {
-        assert!(turns > 1000 && wasted >= turns, "{summary}");
+        // Alone on a core it turns hundreds of thousands of times a second; on a loaded
+        // machine it yields its core at every turn, and still turns far more than poll.
+        assert!(turns > 50 && wasted >= turns, "{summary}");
     } else {
         assert!(turns < 20 && wasted < 20, "{summary}");
     }
@@ -258,4 +274,38 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A peer resets its connection while its echo is delayed. The poll loop has nothing to wait
+/// for on that socket meanwhile, so it leaves it disarmed: the hang-up must not wake the
+/// loop again and again until the timer fires.
+#[test]
+fn poll_a_reset_during_a_delay_does_not_wake_the_loop() {
+    let (mut server, port) = server("poll", &["--delay", "1000"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"x").unwrap();
+    server.expect_conn("recv", 1);
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(peer); // RST
+                // When the delay is over, the echo finds the connection dead.
+    let deadline = Instant::now() + WAIT;
+    let end = loop {
+        let event = server.next_event(WAIT).expect("an event");
+        if event["conn"] == 1
+            && ["reset", "broken_pipe", "error"].contains(&event["kind"].as_str().unwrap())
+        {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "{}", server.history());
+    };
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+    let summary = server.expect("summary");
+    let turns = summary["stats"]["loop_iterations"].as_u64().unwrap();
+    assert!(
+        turns < 50,
+        "{turns} wake-ups around one delayed echo; {end}"
+    );
 }

@@ -302,7 +302,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         stop: Stop::default(),
         stats: Stats::default(),
     });
-    // Before the listen event: whoever reads it may press Ctrl-C at once.
+    // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
     server.out.emit(
         Event::new(Kind::Listen)

@@ -75,7 +75,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         // wait() may return no event at all (notify(), a deadline, or spuriously).
         for ready in events.iter() {
             if ready.key == LISTENER {
-                if accept_some(listener, &poller, &mut acceptor, &mut conns, server) {
+                let (acceptor, conns, timers) = (&mut acceptor, &mut conns, &mut timers);
+                if accept_some(listener, &poller, acceptor, conns, timers, server) {
                     listener_paused_until = Some(now + EMFILE_BACKOFF);
                 } else {
                     rearm_listener(&poller, listener, server);
@@ -143,10 +144,14 @@ fn after(
     if let Err(end) = step {
         return close(key, end, poller, conns, server);
     }
-    let interest = Event::new(key, lc.wants_read(), lc.wants_write());
-    if let Err(e) = poller.modify(&lc.conn.stream, interest) {
-        super::echo::report_error(&lc.conn, server, "epoll_ctl(MOD)", &e);
-        return close(key, End::Dead, poller, conns, server);
+    // Nothing to wait for on the socket (a delayed echo is pending): leave it disarmed, so
+    // not even a hang-up wakes us for nothing; its timer re-arms it.
+    let (read, write) = (lc.wants_read(), lc.wants_write());
+    if read || write {
+        if let Err(e) = poller.modify(&lc.conn.stream, Event::new(key, read, write)) {
+            super::echo::report_error(&lc.conn, server, "epoll_ctl(MOD)", &e);
+            return close(key, End::Dead, poller, conns, server);
+        }
     }
     timers.schedule(key, lc, server);
 }
@@ -166,6 +171,7 @@ fn accept_some(
     poller: &Poller,
     acceptor: &mut Acceptor,
     conns: &mut Slots,
+    timers: &mut Timers,
     server: &Server,
 ) -> bool {
     for _ in 0..ACCEPT_BATCH {
@@ -177,7 +183,9 @@ fn accept_some(
                     super::echo::report_error(&lc.conn, server, "epoll_ctl(ADD)", &e);
                     let lc = conns.remove(key).expect("just inserted");
                     event_loop::finish(lc, End::Dead, server);
+                    continue;
                 }
+                timers.schedule(key, lc, server); // --idle-timeout counts from now
             }
             Accepted::TurnedAway => continue,
             Accepted::Empty => return false,

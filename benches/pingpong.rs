@@ -1,0 +1,434 @@
+//! Ping-pong benchmark: tcp-lab's poll server against a minimal tokio echo server.
+//!
+//! `cargo bench --bench pingpong`               50 and 5,000 connections, each with one
+//!                                              64-byte message in flight; messages/second
+//! `cargo bench --bench pingpong -- --c10k`     10,000 connections open at once on the poll
+//!                                              server, each served; its peak memory (VmHWM)
+//! `cargo bench --bench pingpong -- --idle`     nonblocking against poll, idle for a second:
+//!                                              loop turns, wasted tries, CPU time
+//!
+//! Both servers are separate processes with one thread each: the release `tcp-lab serve
+//! --mode poll --quiet`, and this binary re-executed as a tokio current-thread server. The
+//! load generator is the same for both: one thread of this process, its own level-triggered
+//! epoll loop over blocking-free sockets, so it costs less per message than either server
+//! (one read and one write). The servers' CPU use is printed beside each figure: a server at
+//! ~100 % of a core is the bottleneck, not the generator. Results: docs/benchmarks.md.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
+const MESSAGE: [u8; 64] = [b'x'; 64];
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(2);
+const ROUNDS: usize = 5;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--serve-tokio") {
+        return tokio_server::run();
+    }
+    raise_nofile_limit();
+    if args.iter().any(|a| a == "--c10k") {
+        c10k(10_000);
+    } else if args.iter().any(|a| a == "--idle") {
+        idle();
+    } else if let Some(n) = value_of(&args, "--conns") {
+        pingpong(&[n]);
+    } else {
+        pingpong(&[50, 5_000]);
+    }
+}
+
+/// `--name N` on the command line.
+fn value_of(args: &[String], name: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+/// Messages/second for each server and size, and messages per second of the server's own
+/// CPU time (its cost per message, which other programs on the machine disturb less). The
+/// median of ROUNDS runs, alternating between the servers.
+fn pingpong(sizes: &[usize]) {
+    let mut poll = Server::start("poll", poll_command());
+    let mut tokio = Server::start("tokio", tokio_command());
+    println!("ping-pong, 64-byte messages, one in flight per connection; median of {ROUNDS} runs of {MEASURE:?}");
+    for &conns in sizes {
+        let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (i, server) in [&mut poll, &mut tokio].into_iter().enumerate() {
+                runs[i].push(measure(server, conns));
+            }
+        }
+        let [p, t] = runs.map(|runs| {
+            let rate = median(runs.iter().map(|r| r.0).collect());
+            let cpu = median(runs.iter().map(|r| r.1).collect());
+            let per_cpu = median(runs.iter().map(|r| r.0 / r.1.max(0.01)).collect());
+            (rate, cpu, per_cpu)
+        });
+        println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second");
+        println!(
+            "  poll         {:>9.0}      {:>4.0} %  {:>9.0}",
+            p.0,
+            p.1 * 100.0,
+            p.2
+        );
+        println!(
+            "  tokio        {:>9.0}      {:>4.0} %  {:>9.0}",
+            t.0,
+            t.1 * 100.0,
+            t.2
+        );
+        println!(
+            "  poll/tokio   {:>9.2}             {:>9.2}",
+            p.0 / t.0,
+            p.2 / t.2
+        );
+    }
+    for server in [&poll, &tokio] {
+        println!(
+            "{:>5} peak memory (VmHWM): {} kB",
+            server.name,
+            status_kb(server.child.id(), "VmHWM")
+        );
+    }
+    println!("poll summary: {}", poll.stop());
+    tokio.stop();
+}
+
+/// One run: connect, warm up, count round trips over MEASURE. Returns (messages/s, the
+/// server's CPU use in cores).
+fn measure(server: &mut Server, conns: usize) -> (f64, f64) {
+    let mut load = Load::connect(server.port, conns);
+    load.run_for(WARMUP);
+    let cpu_before = cpu_seconds(server.child.id());
+    let started = Instant::now();
+    let messages = load.run_for(MEASURE);
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(server.child.id()) - cpu_before) / secs;
+    load.close();
+    (messages as f64 / secs, cpu)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// N connections open at once on the poll server, each one served (one echo), then the
+/// server's peak resident memory.
+fn c10k(conns: usize) {
+    let mut poll = Server::start("poll", poll_command());
+    let started = Instant::now();
+    let mut load = Load::connect(poll.port, conns);
+    let connected = started.elapsed();
+    let echoed = load.one_round();
+    let served = started.elapsed();
+    let pid = poll.child.id();
+    let threads = status_kb(pid, "Threads");
+    let (rss, hwm) = (status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM"));
+    println!("{conns} connections open at once on `tcp-lab serve --mode poll --quiet`");
+    println!(
+        "  connected in {connected:.2?}; every one echoed ({echoed} echoes) after {served:.2?}"
+    );
+    println!(
+        "  server: {threads} thread(s), VmRSS {rss} kB, peak VmHWM {hwm} kB ({:.1} MB)",
+        hwm as f64 / 1024.0
+    );
+    assert_eq!(echoed, conns, "every connection must be served");
+    load.close();
+    let summary = poll.stop();
+    println!("  summary: {summary}");
+}
+
+/// The cost of waiting: each loop server idle for about a second, with no connection and
+/// then with ten idle ones, and its summary.
+fn idle() {
+    for open in [0, 10] {
+        for mode in ["nonblocking", "poll"] {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["serve", "--mode", mode, "--port", "0", "--quiet"]);
+            let mut server = Server::start(mode, cmd);
+            let started = Instant::now();
+            let conns: Vec<TcpStream> = (0..open)
+                .map(|_| TcpStream::connect(("127.0.0.1", server.port)).expect("connect"))
+                .collect();
+            std::thread::sleep(Duration::from_secs(1));
+            let summary = server.stop();
+            drop(conns);
+            println!(
+                "{mode:>11}, {open:>2} idle connections, {:.2?}: {summary}",
+                started.elapsed()
+            );
+        }
+    }
+}
+
+fn poll_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--mode",
+        "poll",
+        "--port",
+        "0",
+        "--quiet",
+        "--backlog",
+        "1024",
+    ]);
+    cmd
+}
+
+fn tokio_command() -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("this benchmark's path"));
+    cmd.arg("--serve-tokio");
+    cmd
+}
+
+/// A server process and the port it listens on.
+struct Server {
+    name: &'static str,
+    child: Child,
+    port: u16,
+    /// Reads the server's output as it comes (a full pipe would stall the server) and
+    /// keeps its last line.
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    /// Start it with JSON events and read its port: tcp-lab's `listen` event, or the tokio
+    /// server's `{"port": N}` line.
+    fn start(name: &'static str, mut cmd: Command) -> Server {
+        cmd.args(["--format", "json"]).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the server");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("the server's first line");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let port = match &event["local"] {
+            serde_json::Value::String(addr) => addr.rsplit(':').next().unwrap().parse().unwrap(),
+            _ => event["port"].as_u64().expect("a port") as u16,
+        };
+        let reader = std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in stdout.lines().map_while(Result::ok) {
+                last = line;
+            }
+            last
+        });
+        Server {
+            name,
+            child,
+            port,
+            reader: Some(reader),
+        }
+    }
+
+    /// SIGTERM, then its last line (tcp-lab's summary). Not SIGINT: a shell ignores SIGINT
+    /// in background jobs, and the tokio server would inherit that.
+    fn stop(&mut self) -> String {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let last = self
+            .reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default();
+        match serde_json::from_str::<serde_json::Value>(&last) {
+            Ok(event) => event["stats"].to_string(),
+            Err(_) => last.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The load generator: N connections in one level-triggered epoll loop, each with one
+/// 64-byte message in flight. Per message it makes one read() and one write().
+struct Load {
+    conns: Vec<TcpStream>,
+    /// Bytes of the current echo received so far, per connection.
+    got: Vec<usize>,
+    epoll: i32,
+    in_flight: bool,
+    events: Vec<libc::epoll_event>,
+    buf: Vec<u8>,
+}
+
+impl Load {
+    fn connect(port: u16, n: usize) -> Load {
+        // SAFETY (every libc call below): plain epoll syscalls on descriptors Load owns.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epoll >= 0, "epoll_create1");
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream.set_nodelay(true).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            let fd = stream.as_raw_fd();
+            let rc = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            assert_eq!(rc, 0, "epoll_ctl");
+            conns.push(stream);
+        }
+        Load {
+            got: vec![0; n],
+            conns,
+            epoll,
+            in_flight: false,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            buf: vec![0; 4096],
+        }
+    }
+
+    /// Put the first message in flight on every connection.
+    fn start(&mut self) {
+        if !self.in_flight {
+            for c in &mut self.conns {
+                c.write_all(&MESSAGE).expect("first message");
+            }
+            self.in_flight = true;
+        }
+    }
+
+    /// Answer each complete echo with the next message until `duration` is over. Returns
+    /// the echoes completed; the messages in flight at the end stay in flight.
+    fn run_for(&mut self, duration: Duration) -> u64 {
+        self.start();
+        let end = Instant::now() + duration;
+        let mut done = 0;
+        while Instant::now() < end {
+            done += self.turn(true);
+        }
+        done
+    }
+
+    /// One message on every connection, and its echo back on every one.
+    fn one_round(&mut self) -> usize {
+        self.start();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut done = 0;
+        while done < self.conns.len() as u64 && Instant::now() < deadline {
+            done += self.turn(false);
+        }
+        done as usize
+    }
+
+    /// One epoll_wait, then one read per ready connection.
+    fn turn(&mut self, reply: bool) -> u64 {
+        let n = unsafe { libc::epoll_wait(self.epoll, self.events.as_mut_ptr(), 1024, 100) };
+        let mut done = 0;
+        for i in 0..n.max(0) as usize {
+            let idx = self.events[i].u64 as usize;
+            let read = match self.conns[idx].read(&mut self.buf) {
+                Ok(0) => panic!("the server closed connection {idx}"),
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("connection {idx}: {e}"),
+            };
+            self.got[idx] += read;
+            while self.got[idx] >= MESSAGE.len() {
+                self.got[idx] -= MESSAGE.len();
+                done += 1;
+                if reply {
+                    // 64 bytes into an empty send buffer: always taken whole.
+                    self.conns[idx].write_all(&MESSAGE).expect("next message");
+                }
+            }
+        }
+        done
+    }
+
+    /// Close every connection with an RST (SO_LINGER 0): no TIME_WAIT left between runs.
+    fn close(self) {
+        for c in &self.conns {
+            let _ = socket2::SockRef::from(c).set_linger(Some(Duration::ZERO));
+        }
+        unsafe { libc::close(self.epoll) };
+    }
+}
+
+/// A minimal tokio echo server: a current-thread runtime, a task per connection, the
+/// textbook read/write_all loop.
+mod tokio_server {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+
+    pub fn run() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(1024).unwrap();
+            println!("{{\"port\": {}}}", listener.local_addr().unwrap().port());
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Many connections need many descriptors: raise the soft limit to the hard one (the
+/// servers, our children, inherit it).
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write or read the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// A field of /proc/PID/status (kB, or a count).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
