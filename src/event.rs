@@ -75,7 +75,7 @@ impl Kind {
 
     /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
     /// dim for data.
-    fn paint(self, label: &str) -> ColoredString {
+    pub fn paint(self, label: &str) -> ColoredString {
         match self {
             Kind::Listen | Kind::Accept | Kind::Connect | Kind::Spawn => label.green().bold(),
             Kind::Eof | Kind::Shutdown | Kind::Close | Kind::Timeout | Kind::Exit | Kind::Stop => {
@@ -181,6 +181,59 @@ impl Event {
         self.note = note.into();
         self
     }
+
+    /// This event as the JSON object `--format json` prints: `ts` seconds since the start,
+    /// who printed it, and the fields in the documented order. `tcp-lab demo` uses it for
+    /// the events of the sockets it drives itself.
+    pub fn to_json(&self, ts: f64, role: Role, mode: Option<Mode>, explain: bool) -> Value {
+        let e = self;
+        let mut obj = Map::new();
+        obj.insert("ts".into(), ts.into());
+        obj.insert("role".into(), role.name().into());
+        if let (Role::Server, Some(mode)) = (role, mode) {
+            obj.insert("mode".into(), mode.name().into());
+        }
+        if let Some(conn) = e.conn {
+            obj.insert("conn".into(), conn.into());
+        }
+        obj.insert("kind".into(), e.kind.name().into());
+        if let Some(local) = e.local {
+            obj.insert("local".into(), local.to_string().into());
+        }
+        if let Some(peer) = e.peer {
+            obj.insert("peer".into(), peer.to_string().into());
+        }
+        if let Some(bytes) = e.bytes {
+            obj.insert("bytes".into(), bytes.into());
+        }
+        if let Some(data) = &e.data {
+            obj.insert("data".into(), data.clone().into());
+            if e.data_truncated {
+                obj.insert("data_truncated".into(), true.into());
+            }
+        }
+        if let Some(state) = e.tcp_state {
+            obj.insert("tcp_state".into(), state.into());
+        }
+        if let Some(errno) = e.errno {
+            obj.insert("errno".into(), errno.into());
+        }
+        if let Some(detail) = &e.detail {
+            obj.insert("detail".into(), detail.clone().into());
+        }
+        if !e.stats.is_empty() {
+            let stats: Map<String, Value> = e
+                .stats
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            obj.insert("stats".into(), stats.into());
+        }
+        if explain && !e.note.is_empty() {
+            obj.insert("note".into(), e.note.as_ref().into());
+        }
+        Value::Object(obj)
+    }
 }
 
 /// The environment variable through which a parent shares its clock with its children.
@@ -194,7 +247,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Role::Server => "server",
             Role::Client => "client",
@@ -307,53 +360,10 @@ impl Output {
     }
 
     fn json_line(&self, e: &Event) -> String {
-        let mut obj = Map::new();
         let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        obj.insert("ts".into(), ts.into());
-        obj.insert("role".into(), self.role.name().into());
-        if let (Role::Server, Some(mode)) = (self.role, self.mode) {
-            obj.insert("mode".into(), mode.name().into());
-        }
-        if let Some(conn) = e.conn {
-            obj.insert("conn".into(), conn.into());
-        }
-        obj.insert("kind".into(), e.kind.name().into());
-        if let Some(local) = e.local {
-            obj.insert("local".into(), local.to_string().into());
-        }
-        if let Some(peer) = e.peer {
-            obj.insert("peer".into(), peer.to_string().into());
-        }
-        if let Some(bytes) = e.bytes {
-            obj.insert("bytes".into(), bytes.into());
-        }
-        if let Some(data) = &e.data {
-            obj.insert("data".into(), data.clone().into());
-            if e.data_truncated {
-                obj.insert("data_truncated".into(), true.into());
-            }
-        }
-        if let Some(state) = e.tcp_state {
-            obj.insert("tcp_state".into(), state.into());
-        }
-        if let Some(errno) = e.errno {
-            obj.insert("errno".into(), errno.into());
-        }
-        if let Some(detail) = &e.detail {
-            obj.insert("detail".into(), detail.clone().into());
-        }
-        if !e.stats.is_empty() {
-            let stats: Map<String, Value> = e
-                .stats
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
-            obj.insert("stats".into(), stats.into());
-        }
-        if self.explain && !e.note.is_empty() {
-            obj.insert("note".into(), e.note.as_ref().into());
-        }
-        let mut line = Value::Object(obj).to_string();
+        let mut line = e
+            .to_json(ts, self.role, self.mode, self.explain)
+            .to_string();
         line.push('\n');
         line
     }
@@ -427,7 +437,7 @@ fn visible_len(text: &str) -> usize {
 }
 
 /// Split `text` into lines of at most `width` characters, at spaces.
-fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
+pub fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
     let width = width.max(20);
     let mut lines = Vec::new();
     let mut current = String::new();

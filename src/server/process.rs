@@ -238,8 +238,12 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
     let serve = &args.serve;
+    let config = Config {
+        copy_held_elsewhere: serve.parent_keeps_fd,
+        ..Config::from_args(serve)
+    };
     let server = Server {
-        config: Config::from_args(serve),
+        config,
         out: Output::new(Role::Server, Some(Mode::Process), &serve.output).quiet(serve.quiet),
         stop: Stop::default(),
         stats: Stats::default(),
