@@ -64,12 +64,12 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
             ReadOutcome::WouldBlock => {
                 let idle_for = last_heard.elapsed();
                 if config.idle_timeout.is_some_and(|limit| idle_for >= limit) {
-                    let event = conn
-                        .event(Kind::Timeout)
-                        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
-                        .note(note::TIMEOUT);
+                    out.emit(
+                        conn.event(Kind::Timeout)
+                            .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
+                            .note(note::TIMEOUT),
+                    );
                     drop(conn); // close(): the FIN goes out
-                    out.emit(event);
                     return Ending::Finished;
                 }
                 continue;
@@ -173,7 +173,7 @@ pub fn close(conn: Connection, server: &Server, why: &'static str) {
         why
     };
     let event = conn.event_closed(Kind::Close).note(why);
-    drop(conn); // the descriptor is closed here; the event follows the call it reports
+    drop(conn); // the descriptor is closed here: the FIN is on its way when we say so
     server.out.emit(event);
 }
 
