@@ -46,8 +46,8 @@ pub fn run(listener: &TcpListener, server: &Server) {
             // as a crashing handler would, without a word, and the kernel sends the FIN.
             Ending::Crashed(conn) => {
                 let event = conn.event_closed(Kind::Close).detail("handler crashed");
-                server.out.emit(event.note(note::CLOSE_CRASH));
                 drop(conn);
+                server.out.emit(event.note(note::CLOSE_CRASH));
             }
         }
         server.finished();

@@ -166,8 +166,9 @@ pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
 
 /// close(): the kernel sends our FIN.
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
-    server.out.emit(conn.event_closed(Kind::Close).note(why));
-    drop(conn); // the descriptor is closed here
+    let event = conn.event_closed(Kind::Close).note(why);
+    drop(conn); // the descriptor is closed here…
+    server.out.emit(event); // …before we say so: whoever reads the event can rely on it
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
@@ -175,10 +176,9 @@ pub fn abort(conn: Connection, server: &Server) {
     if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(std::time::Duration::ZERO)) {
         report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
     }
-    server
-        .out
-        .emit(conn.event_closed(Kind::Abort).note(note::ABORT));
+    let event = conn.event_closed(Kind::Abort).note(note::ABORT);
     drop(conn);
+    server.out.emit(event);
 }
 
 pub fn report_reset(conn: &Connection, server: &Server, call: &str) {

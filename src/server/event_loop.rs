@@ -288,8 +288,8 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
         End::Abort => echo::abort(conn, server),
         End::Crash => {
             let event = conn.event_closed(Kind::Close).detail("handler crashed");
-            server.out.emit(event.note(note::CLOSE_CRASH));
             drop(conn); // close(), without a word: the kernel sends the FIN
+            server.out.emit(event.note(note::CLOSE_CRASH));
         }
         End::Timeout(idle_for) => {
             let event = conn.event(Kind::Timeout);
