@@ -43,6 +43,7 @@ loop_modes!(
 /// off instead of spinning (poll: little CPU; nonblocking spins by design, so only the
 /// report is checked there), and serves again once the peers leave.
 fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
+    raise_open_files_limit(); // 100 peers here, while other tests run beside us
     let mut cmd = Command::new(BIN);
     cmd.args([
         "serve", "--mode", mode, "--port", "0", "--quiet", "--format", "json",

@@ -243,6 +243,7 @@ fn the_seed_flow_ten_messages_then_bye(mode: &str) {
 }
 
 fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {
+    raise_open_files_limit();
     let (mut server, port) = server(mode, &["--quiet"]);
     let pid = server.child.id();
     // The baseline once the server has served one connection and let it go: a mode may
