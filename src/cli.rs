@@ -34,6 +34,14 @@ pub enum Command {
         tcp-lab client --send hi --abort         # close with an RST instead of a FIN\n  \
         tcp-lab client --naive                   # blocks in recv: misses the server's FIN")]
     Client(ClientArgs),
+    /// Run a scenario: a real server and client(s) on 127.0.0.1, one phenomenon made to
+    /// happen on purpose, drawn as one ladder diagram, then checked.
+    #[command(after_help = "Examples:\n  \
+        tcp-lab demo --list                       # every scenario, with what it shows\n  \
+        tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
+        tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
+        tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
+    Demo(DemoArgs),
     /// List the lessons, or print one (by number or name).
     #[command(after_help = "Examples:\n  \
         tcp-lab lesson                 # the list\n  \
@@ -190,6 +198,31 @@ pub struct ClientArgs {
     pub naive: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// The scenario to run.
+    #[arg(value_name = "NAME", required_unless_present = "list", value_parser = demo_names())]
+    pub name: Option<String>,
+    /// List the scenarios, one a line: its name, then what it shows.
+    #[arg(long, conflicts_with = "name")]
+    pub list: bool,
+    /// The port the demo's server listens on (0: the kernel picks one). Pick one to watch
+    /// the packets: `tcpdump -i lo -nn port P`.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The scenario names, each with its one-line description, for help and completions.
+fn demo_names() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    let names = crate::demo::SCENARIOS
+        .iter()
+        .map(|s| PossibleValue::new(s.name).help(s.about));
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 #[derive(Debug, Clone, Args)]

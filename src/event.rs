@@ -75,7 +75,7 @@ impl Kind {
 
     /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
     /// dim for data.
-    fn paint(self, label: &str) -> ColoredString {
+    pub fn paint(self, label: &str) -> ColoredString {
         match self {
             Kind::Listen | Kind::Accept | Kind::Connect | Kind::Spawn => label.green().bold(),
             Kind::Eof | Kind::Shutdown | Kind::Close | Kind::Timeout | Kind::Exit | Kind::Stop => {
@@ -181,6 +181,59 @@ impl Event {
         self.note = note.into();
         self
     }
+
+    /// This event as the JSON object `--format json` prints: `ts` seconds since the start,
+    /// who printed it, and the fields in the documented order. `tcp-lab demo` uses it for
+    /// the events of the sockets it drives itself.
+    pub fn to_json(&self, ts: f64, role: Role, mode: Option<Mode>, explain: bool) -> Value {
+        let e = self;
+        let mut obj = Map::new();
+        obj.insert("ts".into(), ts.into());
+        obj.insert("role".into(), role.name().into());
+        if let (Role::Server, Some(mode)) = (role, mode) {
+            obj.insert("mode".into(), mode.name().into());
+        }
+        if let Some(conn) = e.conn {
+            obj.insert("conn".into(), conn.into());
+        }
+        obj.insert("kind".into(), e.kind.name().into());
+        if let Some(local) = e.local {
+            obj.insert("local".into(), local.to_string().into());
+        }
+        if let Some(peer) = e.peer {
+            obj.insert("peer".into(), peer.to_string().into());
+        }
+        if let Some(bytes) = e.bytes {
+            obj.insert("bytes".into(), bytes.into());
+        }
+        if let Some(data) = &e.data {
+            obj.insert("data".into(), data.clone().into());
+            if e.data_truncated {
+                obj.insert("data_truncated".into(), true.into());
+            }
+        }
+        if let Some(state) = e.tcp_state {
+            obj.insert("tcp_state".into(), state.into());
+        }
+        if let Some(errno) = e.errno {
+            obj.insert("errno".into(), errno.into());
+        }
+        if let Some(detail) = &e.detail {
+            obj.insert("detail".into(), detail.clone().into());
+        }
+        if !e.stats.is_empty() {
+            let stats: Map<String, Value> = e
+                .stats
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            obj.insert("stats".into(), stats.into());
+        }
+        if explain && !e.note.is_empty() {
+            obj.insert("note".into(), e.note.as_ref().into());
+        }
+        Value::Object(obj)
+    }
 }
 
 /// The environment variable through which a parent shares its clock with its children.
@@ -194,7 +247,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Role::Server => "server",
             Role::Client => "client",
@@ -307,53 +360,10 @@ impl Output {
     }
 
     fn json_line(&self, e: &Event) -> String {
-        let mut obj = Map::new();
         let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        obj.insert("ts".into(), ts.into());
-        obj.insert("role".into(), self.role.name().into());
-        if let (Role::Server, Some(mode)) = (self.role, self.mode) {
-            obj.insert("mode".into(), mode.name().into());
-        }
-        if let Some(conn) = e.conn {
-            obj.insert("conn".into(), conn.into());
-        }
-        obj.insert("kind".into(), e.kind.name().into());
-        if let Some(local) = e.local {
-            obj.insert("local".into(), local.to_string().into());
-        }
-        if let Some(peer) = e.peer {
-            obj.insert("peer".into(), peer.to_string().into());
-        }
-        if let Some(bytes) = e.bytes {
-            obj.insert("bytes".into(), bytes.into());
-        }
-        if let Some(data) = &e.data {
-            obj.insert("data".into(), data.clone().into());
-            if e.data_truncated {
-                obj.insert("data_truncated".into(), true.into());
-            }
-        }
-        if let Some(state) = e.tcp_state {
-            obj.insert("tcp_state".into(), state.into());
-        }
-        if let Some(errno) = e.errno {
-            obj.insert("errno".into(), errno.into());
-        }
-        if let Some(detail) = &e.detail {
-            obj.insert("detail".into(), detail.clone().into());
-        }
-        if !e.stats.is_empty() {
-            let stats: Map<String, Value> = e
-                .stats
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
-            obj.insert("stats".into(), stats.into());
-        }
-        if self.explain && !e.note.is_empty() {
-            obj.insert("note".into(), e.note.as_ref().into());
-        }
-        let mut line = Value::Object(obj).to_string();
+        let mut line = e
+            .to_json(ts, self.role, self.mode, self.explain)
+            .to_string();
         line.push('\n');
         line
     }
@@ -368,12 +378,25 @@ impl Output {
         };
         let label = e.kind.paint(&format!("{:<11}", e.kind.name()));
         let mut line = format!("{} {:<10} {label}", ts.dimmed(), who);
-        let facts = text_facts(e);
-        if !facts.is_empty() {
-            let _ = write!(line, " {facts}");
-        }
+        let mut facts = text_facts(e);
+        // The state stands apart from the facts, by two spaces even when it is alone.
+        let first_gap = if facts.is_empty() { "  " } else { " " };
         if let Some(state) = e.tcp_state {
-            let _ = write!(line, "  {}", format!("[{state}]").cyan());
+            facts.push(format!("[{state}]").cyan().to_string());
+        }
+        // The facts follow the label; a long list (a summary) goes on under them, so the
+        // line never runs past the width the notes are wrapped to.
+        let mut column = FACTS_INDENT;
+        for (i, fact) in facts.iter().enumerate() {
+            let width = visible_len(fact);
+            if i > 0 && column + 2 + width > self.width {
+                let _ = write!(line, "\n{:FACTS_INDENT$}{fact}", "");
+                column = FACTS_INDENT + width;
+            } else {
+                let gap = if i == 0 { first_gap } else { "  " };
+                let _ = write!(line, "{gap}{fact}");
+                column += gap.len() + width;
+            }
         }
         line.push('\n');
         if self.explain && !e.note.is_empty() {
@@ -395,8 +418,26 @@ impl Output {
 /// Where a note starts: under the kind label.
 const NOTE_INDENT: usize = 20;
 
+/// Where the facts start: after the time, who and the label (8 + 1 + 10 + 1 + 11 + 1).
+const FACTS_INDENT: usize = 32;
+
+/// Columns a string takes on screen: characters, not counting colour escape sequences.
+fn visible_len(text: &str) -> usize {
+    let mut len = 0;
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (false, _) => len += 1,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    len
+}
+
 /// Split `text` into lines of at most `width` characters, at spaces.
-fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
+pub fn wrap(text: &str, width: usize) -> impl Iterator<Item = String> + '_ {
     let width = width.max(20);
     let mut lines = Vec::new();
     let mut current = String::new();
@@ -422,7 +463,7 @@ fn note_width() -> usize {
 }
 
 /// The facts of an event for people: addresses, sizes, payload, errno, detail.
-fn text_facts(e: &Event) -> String {
+fn text_facts(e: &Event) -> Vec<String> {
     let mut facts = Vec::new();
     match e.kind {
         Kind::Listen => facts.extend(e.local.map(|l| format!("on {l}"))),
@@ -449,7 +490,7 @@ fn text_facts(e: &Event) -> String {
     for (name, value) in &e.stats {
         facts.push(format!("{}={}", name.replace('_', " "), value));
     }
-    facts.join("  ")
+    facts
 }
 
 /// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
@@ -539,6 +580,42 @@ mod tests {
                 "close too"
             ]
         );
+    }
+
+    #[test]
+    fn a_long_summary_goes_on_under_its_facts_within_the_width() {
+        let args = crate::cli::OutputArgs {
+            format: Format::Text,
+            color: crate::cli::ColorChoice::Never,
+            no_explain: true,
+        };
+        let mut out = Output::new(Role::Server, None, &args);
+        out.width = 80;
+        let mut summary = Event::new(Kind::Summary);
+        for name in [
+            "connections",
+            "finished",
+            "messages",
+            "bytes_echoed",
+            "resets",
+        ] {
+            summary = summary.stat(name, 123_456);
+        }
+        let text = out.text_lines(&summary);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() > 1, "{text}");
+        for line in &lines {
+            assert!(visible_len(line) <= 80, "too wide: {line:?}");
+        }
+        for continuation in &lines[1..] {
+            assert!(continuation.starts_with(&" ".repeat(FACTS_INDENT)));
+        }
+        assert!(text.contains("resets=123456"));
+    }
+
+    #[test]
+    fn visible_len_skips_colour() {
+        assert_eq!(visible_len("\x1b[36m[LISTEN]\x1b[0m"), 8);
     }
 
     #[test]

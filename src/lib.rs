@@ -16,6 +16,7 @@
 //! | [`note`] | the teaching notes, checked against a packet capture | all |
 //! | [`tcp_state`] | the kernel's TCP state of a socket (TCP_INFO) | 06 |
 //! | [`event`] | how events are printed (text or JSON) and how peer bytes are escaped | 00 |
+//! | [`demo`] | one phenomenon on purpose: real processes, one ladder diagram, checked | all |
 //! | [`cli`] | the command line | 00 |
 //! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
 //!
@@ -23,6 +24,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod demo;
 pub mod event;
 pub mod lesson;
 pub mod note;
@@ -44,6 +46,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Client(args) => {
             event::set_color(args.output.color);
             client::run(&args)
+        }
+        Command::Demo(args) => {
+            event::set_color(args.output.color);
+            demo::run(&args)
         }
         Command::Lesson(args) => {
             event::set_color(args.color);

@@ -20,6 +20,13 @@ pub const REFUSED: &str =
     "connect() failed ECONNREFUSED: our SYN was answered by an RST, because nothing \
 listens on that port";
 
+pub const CONNECT_QUEUED: &str = "connect() returned: the server's kernel completed the handshake \
+and queued the connection, though its program never calls accept()";
+
+pub const CONNECT_PENDING: &str = "connect() has not finished: the listener's accept queue is full \
+(its backlog), so Linux drops our SYN without an answer. Our kernel resends it after 1 s, 3 s, 7 s … \
+and connect() keeps waiting (SYN_SENT)";
+
 pub const RECV: &str =
     "read() returned what had arrived so far: TCP is a byte stream and keeps no \
 message boundaries";
@@ -45,6 +52,11 @@ pub const CLOSE_AFTER_EOF: &str =
     "close() after the peer's FIN: our FIN goes out (LAST_ACK) and the \
 connection is over; the peer, which closed first, keeps the TIME_WAIT";
 
+pub const TIME_WAIT_TABLE: &str =
+    "the kernel's socket table (/proc/net/tcp, what `ss -tan` reads) \
+after close(): the side that closed first keeps the connection in TIME_WAIT, though its descriptor \
+is gone";
+
 pub const CLOSE_BYE: &str =
     "the bye word: we close without echoing it. The kernel sends our FIN and \
 the peer's read returns 0 (EOF); we closed first, so TIME_WAIT stays on our side";
@@ -60,6 +72,9 @@ peer learns nothing of the crash itself";
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
 anything unsent. The peer's next read fails ECONNRESET; nobody keeps a TIME_WAIT";
+
+pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
+sends an RST instead of a FIN and discards the data. The peer's read fails ECONNRESET";
 
 pub const RESET: &str =
     "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
@@ -106,6 +121,9 @@ reaps it with waitpid)";
 pub const EXIT_PROCESS_CRASH: &str =
     "the child died without closing its socket; the kernel closed \
 its descriptors and sent the FIN (an RST, had data been left unread). The parent learns of it from the exit status";
+
+pub const CLOSE_SHARED: &str = "close() of this process's copy only (--parent-keeps-fd): the parent \
+still holds the socket, so the kernel sends nothing yet. The FIN goes out when the last copy is closed";
 
 pub const CLOSE_PARENT_COPY: &str =
     "the parent finally closes the copy it kept (--parent-keeps-fd): \

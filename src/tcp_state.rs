@@ -12,6 +12,43 @@ pub fn of(socket: &impl AsFd) -> Option<&'static str> {
     state_name(code)
 }
 
+/// The state of the connection `local` → `peer` in the kernel's socket table, found even
+/// after every descriptor for it is closed (a TIME_WAIT has no descriptor). Linux reads
+/// `/proc/net/tcp`, the table `ss -tan` prints; elsewhere it is unknown.
+pub fn in_table(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<&'static str> {
+    table_state(local, peer).and_then(state_name)
+}
+
+#[cfg(target_os = "linux")]
+fn table_state(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u8> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    // `  0: 0100007F:1F40 0100007F:D3A2 06 …`: addresses as the kernel's u32 in hex (host
+    // byte order), ports in hex, then the state.
+    let parse = |field: &str| -> Option<SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(ip.to_ne_bytes())),
+            port,
+        ))
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let matches =
+            fields.len() > 3 && parse(fields[1]) == Some(local) && parse(fields[2]) == Some(peer);
+        matches
+            .then(|| u8::from_str_radix(fields[3], 16).ok())
+            .flatten()
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn table_state(_local: std::net::SocketAddr, _peer: std::net::SocketAddr) -> Option<u8> {
+    None
+}
+
 #[cfg(target_os = "linux")]
 fn raw_state(fd: libc::c_int) -> Option<u8> {
     // SAFETY: tcp_info is plain old data; the kernel writes at most `len` bytes into it.

@@ -174,30 +174,7 @@ fn demo_names() -> BTreeSet<String> {
         .env("NO_COLOR", "1")
         .output()
         .expect("run tcp-lab demo --list");
-    if !output.status.success() {
-        // `tcp-lab demo` has not landed yet: the names agreed in the plan.
-        return [
-            "blocking-backlog",
-            "thread-per-client",
-            "process-per-client",
-            "parent-keeps-fd",
-            "nonblocking-spin",
-            "poll-many",
-            "orderly-close",
-            "crash-fin",
-            "write-after-fin",
-            "multiplexed-client",
-            "abort-rst",
-            "unread-data-rst",
-            "refused",
-            "half-close",
-            "idle-timeout",
-            "byte-stream",
-            "backlog-full",
-        ]
-        .map(String::from)
-        .into();
-    }
+    assert!(output.status.success(), "tcp-lab demo --list failed");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -209,16 +186,9 @@ fn demo_names() -> BTreeSet<String> {
 #[test]
 fn every_tcp_lab_command_in_a_lesson_parses() {
     let mut checked = 0;
-    let has_demo = {
-        use clap::CommandFactory;
-        Cli::command().find_subcommand("demo").is_some()
-    };
     for block in blocks() {
         for (line, words) in tcp_lab_commands(&block) {
             checked += 1;
-            if words.get(1).map(String::as_str) == Some("demo") && !has_demo {
-                continue; // checked against the demo names below until `demo` lands
-            }
             if let Err(error) = Cli::try_parse_from(&words) {
                 use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
                 assert!(

@@ -166,9 +166,15 @@ pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
 
 /// close(): the kernel sends our FIN.
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
+    // Only the last copy's close sends the FIN (`--parent-keeps-fd`).
+    let why = if server.config.copy_held_elsewhere {
+        note::CLOSE_SHARED
+    } else {
+        why
+    };
     let event = conn.event_closed(Kind::Close).note(why);
-    drop(conn); // the descriptor is closed here…
-    server.out.emit(event); // …before we say so: whoever reads the event can rely on it
+    drop(conn); // the descriptor is closed here: the FIN is on its way when we say so
+    server.out.emit(event);
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
@@ -177,7 +183,7 @@ pub fn abort(conn: Connection, server: &Server) {
         report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
     }
     let event = conn.event_closed(Kind::Abort).note(note::ABORT);
-    drop(conn);
+    drop(conn); // the RST goes out here
     server.out.emit(event);
 }
 

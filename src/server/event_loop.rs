@@ -294,8 +294,8 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
         End::Timeout(idle_for) => {
             let event = conn.event(Kind::Timeout);
             let detail = format!("idle {:.1} s", idle_for.as_secs_f64());
-            server.out.emit(event.detail(detail).note(note::TIMEOUT));
             drop(conn); // close(): the FIN goes out
+            server.out.emit(event.detail(detail).note(note::TIMEOUT));
         }
         End::Dead => drop(conn),
     }

@@ -50,6 +50,9 @@ pub struct Config {
     pub max_conns: Option<u64>,
     /// Close a connection idle this long.
     pub idle_timeout: Option<Duration>,
+    /// Another process holds a copy of every socket (a process-model child whose parent
+    /// keeps its copy, `--parent-keeps-fd`): our close() sends no FIN.
+    pub copy_held_elsewhere: bool,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
             exit_after: args.exit_after,
             max_conns: args.max_conns,
             idle_timeout: args.idle_timeout.map(Duration::from_secs),
+            copy_held_elsewhere: false,
         }
     }
 }
@@ -298,8 +302,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         stop: Stop::default(),
         stats: Stats::default(),
     });
-    // Before the `listen` event: a script that signals us as soon as it sees it must find
-    // the handler in place.
+    // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
     server.out.emit(
         Event::new(Kind::Listen)

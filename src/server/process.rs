@@ -112,9 +112,14 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
     // std opens every descriptor close-on-exec, so no child inherits sockets by accident.
     // For this one socket we want the opposite: clear FD_CLOEXEC in the child, between
     // fork and exec, so the new program finds the socket at the same number.
-    // SAFETY: fcntl is async-signal-safe, as code between fork and exec must be.
+    let parent = std::process::id();
+    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
+    // must be.
     unsafe {
-        command.pre_exec(move || clear_close_on_exec(fd));
+        command.pre_exec(move || {
+            clear_close_on_exec(fd)?;
+            die_with_parent(parent)
+        });
     }
     let child = command.spawn().context("cannot start a child process")?;
     server.out.emit(
@@ -131,6 +136,30 @@ fn clear_close_on_exec(fd: RawFd) -> std::io::Result<()> {
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// If the parent is killed (kill -9, a test that gives up), its children must not live on
+/// as orphans serving connections nobody watches: on Linux, ask the kernel to send us
+/// SIGTERM when the parent dies, which stops the child the same way Ctrl-C does.
+#[cfg(target_os = "linux")]
+fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The parent may have died before the line above: then we were already re-parented.
+    // SAFETY: getppid cannot fail.
+    if unsafe { libc::getppid() } as u32 != parent {
+        return Err(std::io::Error::other(
+            "the parent server has already exited",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_parent: u32) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -209,8 +238,12 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
     let serve = &args.serve;
+    let config = Config {
+        copy_held_elsewhere: serve.parent_keeps_fd,
+        ..Config::from_args(serve)
+    };
     let server = Server {
-        config: Config::from_args(serve),
+        config,
         out: Output::new(Role::Server, Some(Mode::Process), &serve.output).quiet(serve.quiet),
         stop: Stop::default(),
         stats: Stats::default(),

@@ -1,0 +1,781 @@
+//! The scenarios: each one a short function that makes one thing happen and checks it did.
+//!
+//! A scenario starts real `tcp-lab serve` and `tcp-lab client` processes through the [`Lab`],
+//! or drives a raw socket itself where it needs a server that misbehaves precisely (never
+//! accepts, never reads). It waits for the events that prove its point, and returns the
+//! sentence the demo ends with; an error says what happened instead.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+use super::{conn, is, ts, Lab, CLIENT, SERVER};
+use crate::event::{Event, Kind, Role};
+use crate::server::Connection;
+use crate::{note, tcp_state};
+
+/// One demo: its name, what it shows (one line), and the function that runs it.
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&mut Lab) -> Result<String>,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "blocking-backlog",
+        about: "client 2 connects (queued by the kernel) but waits its turn",
+        run: blocking_backlog,
+    },
+    Scenario {
+        name: "backlog-full",
+        about: "a full accept queue: the SYN is dropped, connect() waits",
+        run: backlog_full,
+    },
+    Scenario {
+        name: "process-per-client",
+        about: "a child process per connection: no one waits",
+        run: process_per_client,
+    },
+    Scenario {
+        name: "parent-keeps-fd",
+        about: "the parent keeps its copy: no FIN until it lets go",
+        run: parent_keeps_fd,
+    },
+    Scenario {
+        name: "thread-per-client",
+        about: "a thread per connection: no one waits",
+        run: thread_per_client,
+    },
+    Scenario {
+        name: "nonblocking-spin",
+        about: "one thread tries every socket: WouldBlock, a core burned",
+        run: nonblocking_spin,
+    },
+    Scenario {
+        name: "poll-many",
+        about: "1,000 clients, one thread sleeping in epoll until ready",
+        run: poll_many,
+    },
+    Scenario {
+        name: "orderly-close",
+        about: "FIN both ways: EOF, CLOSE_WAIT, TIME_WAIT on the closer",
+        run: orderly_close,
+    },
+    Scenario {
+        name: "idle-timeout",
+        about: "the server closes a silent connection with a FIN",
+        run: idle_timeout,
+    },
+    Scenario {
+        name: "crash-fin",
+        about: "a handler dies without closing: the kernel sends the FIN",
+        run: crash_fin,
+    },
+    Scenario {
+        name: "write-after-fin",
+        about: "the seeds' failure: write after FIN, RST, EOF, then EPIPE",
+        run: write_after_fin,
+    },
+    Scenario {
+        name: "unread-data-rst",
+        about: "close() with unread data sends an RST: ECONNRESET",
+        run: unread_data_rst,
+    },
+    Scenario {
+        name: "abort-rst",
+        about: "close() with SO_LINGER 0 sends an RST: ECONNRESET",
+        run: abort_rst,
+    },
+    Scenario {
+        name: "refused",
+        about: "nobody listens: the SYN is answered by an RST, ECONNREFUSED",
+        run: refused,
+    },
+    Scenario {
+        name: "half-close",
+        about: "shutdown(Write): our FIN goes out, we keep reading",
+        run: half_close,
+    },
+    Scenario {
+        name: "multiplexed-client",
+        about: "the same crash, seen at once by a client polling both",
+        run: multiplexed_client,
+    },
+    Scenario {
+        name: "byte-stream",
+        about: "three writes in one read, one write in many: no boundaries",
+        run: byte_stream,
+    },
+];
+
+fn on(e: &Value, role: &str, kind: &str, id: u64) -> bool {
+    is(e, role, kind) && conn(e) == Some(id)
+}
+
+fn from(e: &Value, local: &Value) -> bool {
+    e["local"] == *local
+}
+
+// ---------------------------------------------------------------- concurrency models
+
+/// Two clients: the first sends, is echoed, and stays connected 1.5 s; the second
+/// connects meanwhile. Returns (client 2's connect, its echo, the server's EOF of client 1).
+fn two_clients(lab: &mut Lab, mode: &str) -> Result<(Value, Value, Value)> {
+    let (_server, port) = lab.serve(&["--mode", mode, "--exit-after", "2"])?;
+    lab.client(port, &["--send", "one", "--hold", "1.5"])?;
+    let first = lab.wait("client 1 to connect", |e| is(e, CLIENT, "connect"))?;
+    lab.wait("the server to echo client 1", |e| on(e, SERVER, "send", 1))?;
+    lab.client(port, &["--send", "two"])?;
+    let connect = lab.wait("client 2 to connect", |e| {
+        is(e, CLIENT, "connect") && !from(e, &first["local"])
+    })?;
+    let echo = lab.wait("client 2's echo", |e| {
+        is(e, CLIENT, "recv") && from(e, &connect["local"])
+    })?;
+    let left = lab.wait("client 1 to leave (the server reads EOF)", |e| {
+        on(e, SERVER, "eof", 1)
+    })?;
+    Ok((connect, echo, left))
+}
+
+fn blocking_backlog(lab: &mut Lab) -> Result<String> {
+    let (connect, echo, left) = two_clients(lab, "blocking")?;
+    ensure!(
+        connect["tcp_state"] == "ESTABLISHED" && ts(&connect) < ts(&left),
+        "client 2's connect() should have completed while client 1 was served; it returned at {:.3} s",
+        ts(&connect)
+    );
+    ensure!(
+        ts(&echo) > ts(&left),
+        "client 2 was echoed at {:.3} s, before client 1 left at {:.3} s: that is not one at a time",
+        ts(&echo),
+        ts(&left)
+    );
+    Ok(format!(
+        "client 2's connect() returned at {:.3} s (the kernel queued it), but it was served only at {:.3} s, after client 1 left",
+        ts(&connect),
+        ts(&echo)
+    ))
+}
+
+fn concurrent(lab: &mut Lab, mode: &str, what: &str) -> Result<String> {
+    let (_connect, echo, left) = two_clients(lab, mode)?;
+    ensure!(
+        ts(&echo) < ts(&left),
+        "client 2 was echoed only at {:.3} s, after client 1 left at {:.3} s",
+        ts(&echo),
+        ts(&left)
+    );
+    Ok(format!(
+        "client 2 was echoed at {:.3} s while client 1 was still connected (it left at {:.3} s): {what}",
+        ts(&echo),
+        ts(&left)
+    ))
+}
+
+fn thread_per_client(lab: &mut Lab) -> Result<String> {
+    concurrent(lab, "threaded", "each connection has its own thread")
+}
+
+fn process_per_client(lab: &mut Lab) -> Result<String> {
+    concurrent(lab, "process", "each connection has its own process")
+}
+
+fn parent_keeps_fd(lab: &mut Lab) -> Result<String> {
+    let (server, port) = lab.serve(&["--mode", "process", "--parent-keeps-fd"])?;
+    lab.client(port, &["--send", "hi", "--bye"])?;
+    let exit = lab.wait("the child process to exit", |e| on(e, SERVER, "exit", 1))?;
+    // The child has closed its copy and is gone. Does the client see a FIN? Give it a second.
+    lab.pause(Duration::from_secs(1));
+    if lab.seen(|e| is(e, CLIENT, "eof")) {
+        bail!("the client read EOF while the parent still held the socket");
+    }
+    // Ctrl-C: the parent stops, and only now closes the copy it kept.
+    let interrupted = lab.now();
+    lab.interrupt(server);
+    lab.wait("the parent to close its copy", |e| {
+        on(e, SERVER, "close", 1) && e["note"] == note::CLOSE_PARENT_COPY
+    })?;
+    let eof = lab.wait("the client's EOF", |e| is(e, CLIENT, "eof"))?;
+    ensure!(
+        ts(&eof) >= interrupted,
+        "the client read EOF at {:.3} s, before the parent let go",
+        ts(&eof)
+    );
+    Ok(format!(
+        "the child exited at {:.3} s, but the client saw the FIN only at {:.3} s, when the parent closed its copy",
+        ts(&exit),
+        ts(&eof)
+    ))
+}
+
+// ---------------------------------------------------------------- event loops
+
+fn nonblocking_spin(lab: &mut Lab) -> Result<String> {
+    let (server, port) = lab.serve(&["--mode", "nonblocking"])?;
+    lab.client(port, &["--send", "hi", "--hold", "1"])?;
+    lab.wait("the server's echo", |e| on(e, SERVER, "send", 1))?;
+    let start = lab.now();
+    lab.wait("the client to leave", |e| on(e, SERVER, "eof", 1))?;
+    lab.interrupt(server);
+    let summary = lab.wait("the server's summary", |e| is(e, SERVER, "summary"))?;
+    let stat = |name: &str| summary["stats"][name].as_u64();
+    let (Some(loops), Some(wouldblock), Some(cpu_ms)) =
+        (stat("loop_iterations"), stat("wouldblock"), stat("cpu_ms"))
+    else {
+        bail!("the summary has no loop_iterations, wouldblock or cpu_ms: {summary}");
+    };
+    let wall_ms = ((ts(&summary) - start) * 1000.0).max(1.0);
+    // One connection and one message were all the work there was: nearly every try was
+    // wasted. (On a busy machine the loop yields the CPU to others, so it turns less often;
+    // the proportion stays.)
+    let useful = summary["stats"]["connections"].as_u64().unwrap_or(0)
+        + summary["stats"]["messages"].as_u64().unwrap_or(0);
+    ensure!(
+        wouldblock >= 100 && wouldblock >= 10 * useful,
+        "the loop got WouldBlock only {wouldblock} times in {wall_ms:.0} ms, for {useful} accepts and reads that found something"
+    );
+    Ok(format!(
+        "while one client sat idle for a second, the loop went round {loops} times and got WouldBlock {wouldblock} times, for {useful} calls that found something; it used {cpu_ms} ms of CPU in {wall_ms:.0} ms ({:.0}% of a core)",
+        cpu_ms as f64 * 100.0 / wall_ms
+    ))
+}
+
+/// How many clients poll-many opens at once.
+const MANY: usize = 1000;
+
+fn poll_many(lab: &mut Lab) -> Result<String> {
+    raise_fd_limit((MANY * 2 + 100) as libc::rlim_t)?;
+    let (server, port) = lab.serve(&["--mode", "poll", "--quiet", "--backlog", "2048"])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut clients = Vec::with_capacity(MANY);
+    for _ in 0..MANY {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .context("a client could not connect")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        lab.emit(
+            Role::Client,
+            client_event(&stream, Kind::Connect).note(note::CONNECT),
+        );
+        clients.push(stream);
+    }
+    lab.wait_many("the server to accept every client", MANY, |e| {
+        is(e, SERVER, "accept")
+    })?;
+    for (i, stream) in clients.iter_mut().enumerate() {
+        let message = format!("hello from {}\n", i + 1);
+        stream.write_all(message.as_bytes())?;
+        let event = client_event(stream, Kind::Send).payload(message.as_bytes());
+        lab.emit(Role::Client, event.note(note::SEND));
+    }
+    for stream in clients.iter_mut() {
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).context("an echo did not come back")?;
+        let event = client_event(stream, Kind::Recv).payload(&buf[..n]);
+        lab.emit(Role::Client, event.note(note::RECV));
+    }
+    let threads = threads_of(lab.pid(server));
+    for stream in clients.drain(..) {
+        let event = client_event(&stream, Kind::Close).state(None);
+        drop(stream);
+        lab.emit(Role::Client, event.note(note::CLOSE_FIRST));
+    }
+    lab.wait_many("the server to close every connection", MANY, |e| {
+        is(e, SERVER, "close")
+    })?;
+    lab.interrupt(server);
+    let summary = lab.wait("the server's summary", |e| is(e, SERVER, "summary"))?;
+    ensure!(
+        summary["stats"]["connections"] == MANY,
+        "the server accepted {} connections, not {MANY}",
+        summary["stats"]["connections"]
+    );
+    let threads = threads.map_or(String::new(), |n| {
+        format!(" (its process has {n} threads: the loop, and the Ctrl-C handler's)")
+    });
+    Ok(format!(
+        "{MANY} clients were connected at once and each got its echo from one event-loop thread{threads}"
+    ))
+}
+
+/// An event about a socket the demo holds as a client.
+fn client_event(stream: &TcpStream, kind: Kind) -> Event {
+    Event::new(kind)
+        .addrs(stream.local_addr().ok(), stream.peer_addr().ok())
+        .state(tcp_state::of(stream))
+}
+
+/// Threads of a process, from /proc (Linux); None elsewhere.
+fn threads_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Raise this process's soft limit on open descriptors to `want` (within the hard limit).
+/// The server is started after, and inherits it.
+fn raise_fd_limit(want: libc::rlim_t) -> Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if limit.rlim_cur >= want {
+        return Ok(());
+    }
+    ensure!(
+        limit.rlim_max >= want,
+        "this demo needs {want} descriptors but the hard limit is {} (ulimit -Hn)",
+        limit.rlim_max
+    );
+    limit.rlim_cur = want;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- how connections end
+
+fn orderly_close(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&["--mode", "blocking", "--exit-after", "1"])?;
+    lab.client(port, &["--send", "hello"])?;
+    let close = lab.wait("the client to close", |e| is(e, CLIENT, "close"))?;
+    let eof = lab.wait("the server to read EOF", |e| on(e, SERVER, "eof", 1))?;
+    ensure!(
+        eof["tcp_state"] == "CLOSE_WAIT",
+        "after the client's FIN the server's socket was {}, not CLOSE_WAIT",
+        eof["tcp_state"]
+    );
+    lab.wait("the server to close", |e| on(e, SERVER, "close", 1))?;
+    // The client's socket is gone from its process; the kernel still has it.
+    let local: SocketAddr = addr(&close["local"])?;
+    let peer: SocketAddr = addr(&close["peer"])?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut state = tcp_state::in_table(local, peer);
+    while state != Some("TIME_WAIT") && Instant::now() < deadline {
+        lab.pause(Duration::from_millis(20));
+        state = tcp_state::in_table(local, peer);
+    }
+    let table = Event::new(Kind::Summary)
+        .addrs(Some(local), Some(peer))
+        .state(state)
+        .note(note::TIME_WAIT_TABLE);
+    lab.emit(Role::Client, table);
+    ensure!(
+        state == Some("TIME_WAIT"),
+        "after both FINs the client's connection was {} in the kernel's table, not TIME_WAIT",
+        state.unwrap_or("gone")
+    );
+    Ok(format!(
+        "the client closed first: the server read EOF (CLOSE_WAIT) and closed too, and the kernel keeps the client's side {local} → {peer} in TIME_WAIT"
+    ))
+}
+
+fn addr(value: &Value) -> Result<SocketAddr> {
+    value
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("not an address: {value}"))
+}
+
+fn idle_timeout(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&[
+        "--mode",
+        "blocking",
+        "--idle-timeout",
+        "1",
+        "--exit-after",
+        "1",
+    ])?;
+    lab.client(port, &["--send", "hi", "--hold", "5"])?;
+    let sent = lab.wait("the client's message", |e| is(e, CLIENT, "send"))?;
+    let timeout = lab.wait("the server's idle timeout", |e| on(e, SERVER, "timeout", 1))?;
+    let eof = lab.wait("the client to read the FIN", |e| is(e, CLIENT, "eof"))?;
+    Ok(format!(
+        "after {:.1} s of silence the server closed the connection, and the client, still reading, saw the FIN at once ({:.0} ms later)",
+        ts(&timeout) - ts(&sent),
+        (ts(&eof) - ts(&timeout)).max(0.0) * 1000.0
+    ))
+}
+
+fn crash_fin(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&[
+        "--mode",
+        "process",
+        "--crash-after",
+        "1",
+        "--exit-after",
+        "1",
+    ])?;
+    let client = lab.client(port, &["--send", "hello", "--hold", "3"])?;
+    let eof = lab.wait("the client to read the FIN", |e| is(e, CLIENT, "eof"))?;
+    let exit = lab.wait("the child's exit", |e| on(e, SERVER, "exit", 1))?;
+    ensure!(
+        exit["detail"] != "child exited with status 0",
+        "the child exited normally: {exit}"
+    );
+    ensure!(
+        lab.wait_exit(client)?.success(),
+        "the client did not end cleanly"
+    );
+    Ok(format!(
+        "the child died without closing anything ({}); the kernel sent the FIN, and the client's read returned 0 at {:.3} s",
+        exit["detail"].as_str().unwrap_or("?"),
+        ts(&eof)
+    ))
+}
+
+/// The blocking server crashes after one message: its FIN reaches the client at once.
+fn crashing_server(lab: &mut Lab) -> Result<u16> {
+    let (_server, port) = lab.serve(&[
+        "--mode",
+        "blocking",
+        "--crash-after",
+        "1",
+        "--exit-after",
+        "1",
+    ])?;
+    Ok(port)
+}
+
+fn write_after_fin(lab: &mut Lab) -> Result<String> {
+    let port = crashing_server(lab)?;
+    let client = lab.client(port, &["--naive"])?;
+    lab.type_line(client, "first\n")?;
+    lab.wait("the echo of `first`", |e| is(e, CLIENT, "recv"))?;
+    lab.wait("the server's crash", |e| on(e, SERVER, "close", 1))?;
+    // The FIN has arrived; the naive client is blocked reading stdin and cannot know.
+    lab.pause(Duration::from_millis(300));
+    lab.type_line(client, "second\n")?;
+    let sent = lab.wait("the write after the FIN to succeed", |e| {
+        is(e, CLIENT, "send") && e["data"] == "second\\n"
+    })?;
+    let eof = lab.wait("the read to return 0", |e| is(e, CLIENT, "eof"))?;
+    lab.type_line(client, "third\n")?;
+    let epipe = lab.wait("the next write to fail EPIPE", |e| {
+        is(e, CLIENT, "broken_pipe")
+    })?;
+    let status = lab.wait_exit(client)?;
+    ensure!(
+        status.code() == Some(1),
+        "the client ended with {status}, not exit status 1"
+    );
+    Ok(format!(
+        "the write after the FIN succeeded ({:.3} s) and was answered by an RST, the read returned 0 ({:.3} s), and the next write failed EPIPE ({:.3} s)",
+        ts(&sent),
+        ts(&eof),
+        ts(&epipe)
+    ))
+}
+
+fn multiplexed_client(lab: &mut Lab) -> Result<String> {
+    let port = crashing_server(lab)?;
+    let client = lab.client(port, &[])?;
+    lab.type_line(client, "hello\n")?;
+    lab.wait("the echo", |e| is(e, CLIENT, "recv"))?;
+    let crash = lab.wait("the server's crash", |e| on(e, SERVER, "close", 1))?;
+    let eof = lab.wait("the client to notice the FIN by itself", |e| {
+        is(e, CLIENT, "eof")
+    })?;
+    ensure!(
+        lab.wait_exit(client)?.success(),
+        "the client did not end cleanly"
+    );
+    Ok(format!(
+        "with its stdin still open, the client saw the FIN {:.0} ms after the crash and left",
+        (ts(&eof) - ts(&crash)).max(0.0) * 1000.0
+    ))
+}
+
+fn abort_rst(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&[
+        "--mode",
+        "blocking",
+        "--reset-after",
+        "1",
+        "--exit-after",
+        "1",
+    ])?;
+    let client = lab.client(port, &["--send", "hello", "--hold", "3"])?;
+    lab.wait("the server's abort", |e| on(e, SERVER, "abort", 1))?;
+    let reset = lab.wait("the client's read to fail ECONNRESET", |e| {
+        is(e, CLIENT, "reset") && e["errno"] == "ECONNRESET"
+    })?;
+    let status = lab.wait_exit(client)?;
+    ensure!(
+        status.code() == Some(1),
+        "the client ended with {status}, not exit status 1"
+    );
+    Ok(format!(
+        "the server closed with SO_LINGER 0: an RST, no FIN, and the client's read failed ECONNRESET at {:.3} s",
+        ts(&reset)
+    ))
+}
+
+/// A listening socket the demo holds itself (on `--port`), announced with a `listen` event.
+fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    socket.listen(backlog)?;
+    let listener: TcpListener = socket.into();
+    let event = Event::new(Kind::Listen)
+        .addrs(listener.local_addr().ok(), None)
+        .state(tcp_state::of(&listener))
+        .detail(format!("backlog {backlog}"))
+        .note(note::LISTEN);
+    lab.emit(Role::Server, event);
+    Ok(listener)
+}
+
+/// accept() on the demo's own listener, bounded in time: connection #1, announced.
+fn raw_accept(lab: &mut Lab, listener: &TcpListener) -> Result<Connection> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let conn = Connection::new(1, stream);
+                lab.emit(Role::Server, conn.event(Kind::Accept).note(note::ACCEPT));
+                return Ok(conn);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    bail!("no client connected within 5 s; instead: {}", lab.story());
+                }
+                lab.pause(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e).context("accept() failed"),
+        }
+    }
+}
+
+fn unread_data_rst(lab: &mut Lab) -> Result<String> {
+    let listener = raw_listener(lab, 128)?;
+    let port = listener.local_addr()?.port();
+    let client = lab.client(port, &["--send", "hello"])?;
+    let conn = raw_accept(lab, &listener)?;
+    lab.wait("the client's message", |e| is(e, CLIENT, "send"))?;
+    // Wait until the bytes sit in our receive buffer, then close without reading them.
+    let unread = conn
+        .stream
+        .peek(&mut [0u8; 64])
+        .context("the client's bytes never arrived")?;
+    let close = conn
+        .event_closed(Kind::Close)
+        .detail(format!("{unread} bytes unread"));
+    drop(conn);
+    lab.emit(Role::Server, close.note(note::CLOSE_UNREAD));
+    let reset = lab.wait("the client's read to fail ECONNRESET", |e| {
+        is(e, CLIENT, "reset")
+    })?;
+    let status = lab.wait_exit(client)?;
+    ensure!(
+        status.code() == Some(1),
+        "the client ended with {status}, not exit status 1"
+    );
+    Ok(format!(
+        "the server closed with {unread} bytes unread: the kernel sent an RST, not a FIN, and the client's read failed ECONNRESET at {:.3} s",
+        ts(&reset)
+    ))
+}
+
+fn refused(lab: &mut Lab) -> Result<String> {
+    // Hold the port (bound, not listening) so nobody else takes it while the client tries.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    let port = socket
+        .local_addr()?
+        .as_socket()
+        .context("not an IP socket")?
+        .port();
+    let client = lab.client(port, &["--send", "hello"])?;
+    let refused = lab.wait("connect() to fail ECONNREFUSED", |e| {
+        is(e, CLIENT, "refused") && e["errno"] == "ECONNREFUSED"
+    })?;
+    let status = lab.wait_exit(client)?;
+    ensure!(
+        status.code() == Some(1),
+        "the client ended with {status}, not exit status 1"
+    );
+    Ok(format!(
+        "nothing listens on port {port}: the SYN was answered by an RST and connect() failed ECONNREFUSED at {:.3} s",
+        ts(&refused)
+    ))
+}
+
+fn half_close(lab: &mut Lab) -> Result<String> {
+    let (_server, port) =
+        lab.serve(&["--mode", "blocking", "--delay", "200", "--exit-after", "1"])?;
+    lab.client(port, &["--send", "one", "--send", "two", "--half-close"])?;
+    let shutdown = lab.wait("the client's shutdown(Write)", |e| {
+        is(e, CLIENT, "shutdown")
+    })?;
+    let echo = lab.wait("an echo after the shutdown", |e| is(e, CLIENT, "recv"))?;
+    lab.wait("the server to read EOF", |e| on(e, SERVER, "eof", 1))?;
+    let eof = lab.wait("the client to read the server's FIN", |e| {
+        is(e, CLIENT, "eof")
+    })?;
+    ensure!(
+        ts(&echo) > ts(&shutdown),
+        "the echo came at {:.3} s, before the shutdown at {:.3} s",
+        ts(&echo),
+        ts(&shutdown)
+    );
+    Ok(format!(
+        "the client sent its FIN at {:.3} s ({}), still read the echo at {:.3} s, and the server's FIN at {:.3} s",
+        ts(&shutdown),
+        shutdown["tcp_state"].as_str().unwrap_or("?"),
+        ts(&echo),
+        ts(&eof)
+    ))
+}
+
+// ---------------------------------------------------------------- what a stream is
+
+/// The size of byte-stream's one large write.
+const LARGE: usize = 200_000;
+
+fn byte_stream(lab: &mut Lab) -> Result<String> {
+    let listener = raw_listener(lab, 128)?;
+    let port = listener.local_addr()?.port();
+    let three = ["--send", "one", "--send", "two", "--send", "three"];
+    lab.client(port, &[&three[..], &["--half-close"]].concat())?;
+    let mut conn = raw_accept(lab, &listener)?;
+    // The client writes three times before we read at all: its shutdown proves all three
+    // are in our receive buffer.
+    lab.wait("the client's shutdown(Write)", |e| {
+        is(e, CLIENT, "shutdown")
+    })?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = conn.stream.read(&mut buf).context("read() failed")?;
+    let recv = conn.event(Kind::Recv).payload(&buf[..n]);
+    lab.emit(Role::Server, recv.note(note::RECV));
+    ensure!(
+        &buf[..n] == b"one\ntwo\nthree\n",
+        "one read returned {n} bytes, not the three messages' 14"
+    );
+
+    let large: Vec<u8> = b"0123456789".iter().copied().cycle().take(LARGE).collect();
+    conn.stream
+        .write_all(&large)
+        .context("the large write failed")?;
+    let send = conn.event(Kind::Send).payload(&large);
+    lab.emit(Role::Server, send.note(note::SEND));
+    let n = conn.stream.read(&mut buf).context("read() failed")?;
+    ensure!(n == 0, "expected the client's FIN, got {n} more bytes");
+    lab.emit(Role::Server, conn.event(Kind::Eof).note(note::EOF));
+    let close = conn.event_closed(Kind::Close);
+    drop(conn);
+    lab.emit(Role::Server, close.note(note::CLOSE_AFTER_EOF));
+
+    lab.wait("the client to read the server's FIN", |e| {
+        is(e, CLIENT, "eof")
+    })?;
+    let mut reads = Vec::new();
+    while let Some(e) = lab.take_now(|e| is(e, CLIENT, "recv")) {
+        reads.push(e["bytes"].as_u64().unwrap_or(0));
+    }
+    let total: u64 = reads.iter().sum();
+    ensure!(
+        total == LARGE as u64 && reads.len() > 1,
+        "the client read {total} bytes in {} reads",
+        reads.len()
+    );
+    Ok(format!(
+        "three writes (4 + 4 + 6 bytes) came out of one read of 14 bytes; one write of {LARGE} bytes came out of {} reads",
+        reads.len()
+    ))
+}
+
+// ---------------------------------------------------------------- the listen queue
+
+/// How many connects backlog-full tries against a backlog of 1.
+const KNOCKS: usize = 4;
+
+fn backlog_full(lab: &mut Lab) -> Result<String> {
+    // A server that listens with a backlog of 1 and never calls accept().
+    let listener = raw_listener(lab, 1)?;
+    let addr = listener.local_addr()?;
+    let mut queued = 0;
+    let mut waiting = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..KNOCKS {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e).context("connect() failed"),
+        }
+        // On loopback a handshake the kernel completes takes microseconds.
+        let started = Instant::now();
+        while tcp_state::of(&socket) == Some("SYN_SENT")
+            && started.elapsed() < Duration::from_millis(50)
+        {
+            lab.pause(Duration::from_millis(2));
+        }
+        if tcp_state::of(&socket) == Some("SYN_SENT") {
+            waiting.push(sockets.len());
+        } else {
+            queued += 1;
+            let event = connect_event(&socket, addr).note(note::CONNECT_QUEUED);
+            lab.emit(Role::Client, event);
+        }
+        sockets.push((socket, started));
+    }
+    // A dropped SYN is sent again after 1 s: look again before that.
+    lab.pause(Duration::from_millis(500));
+    let mut pending = 0;
+    let mut longest: f64 = 0.0;
+    for i in waiting {
+        let (socket, started) = &sockets[i];
+        let event = connect_event(socket, addr);
+        if event.tcp_state == Some("SYN_SENT") {
+            pending += 1;
+            let waited = started.elapsed().as_secs_f64();
+            longest = longest.max(waited);
+            let event = event
+                .errno(Some("EINPROGRESS"))
+                .detail(format!("waited {waited:.1} s"))
+                .note(note::CONNECT_PENDING);
+            lab.emit(Role::Client, event);
+        } else {
+            lab.emit(Role::Client, event.note(note::CONNECT_QUEUED));
+        }
+    }
+    ensure!(
+        queued >= 1 && pending >= 1,
+        "with a backlog of 1, {queued} connects completed and {pending} waited; expected both kinds"
+    );
+    Ok(format!(
+        "with a backlog of 1 and no accept(), the kernel completed and queued {queued} connections; the other {pending} connect() calls were still waiting (SYN_SENT) after {longest:.1} s: their SYNs were dropped"
+    ))
+}
+
+/// A `connect` event for a socket the demo connected itself, in its state right now.
+fn connect_event(socket: &Socket, to: SocketAddr) -> Event {
+    let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+    Event::new(Kind::Connect)
+        .addrs(local, Some(to))
+        .state(tcp_state::of(socket))
+}

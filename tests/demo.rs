@@ -1,0 +1,416 @@
+//! `tcp-lab demo`: every scenario, run as a learner runs it (the real binary, real sockets),
+//! with `--format json`. Each test asserts the events that make the scenario's point, in the
+//! order the demo prints them, and its exit status.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Every scenario, as `--list` must show it.
+const SCENARIOS: [&str; 17] = [
+    "blocking-backlog",
+    "backlog-full",
+    "process-per-client",
+    "parent-keeps-fd",
+    "thread-per-client",
+    "nonblocking-spin",
+    "poll-many",
+    "orderly-close",
+    "idle-timeout",
+    "crash-fin",
+    "write-after-fin",
+    "unread-data-rst",
+    "abort-rst",
+    "refused",
+    "half-close",
+    "multiplexed-client",
+    "byte-stream",
+];
+
+/// A demo runs alone in well under 10 s; on a loaded machine give it more, but bound it.
+const DEMO_WAIT: Duration = Duration::from_secs(40);
+
+/// Run `tcp-lab demo NAME --format json` to the end; it must succeed.
+fn demo(name: &str) -> Proc {
+    let mut demo = Proc::spawn(&["demo", name]);
+    let status = demo.wait_exit_within(DEMO_WAIT);
+    assert!(
+        status.success(),
+        "demo {name} failed ({status}): {}\nevents:\n{}",
+        demo.stderr_text(),
+        demo.history()
+    );
+    demo
+}
+
+/// The next event of `role` and `kind` after the previous match, or a panic with the history.
+fn then(demo: &mut Proc, role: &str, kind: &str) -> Value {
+    demo.expect_where(kind, |e| e["role"] == role)
+}
+
+fn client(demo: &mut Proc, kind: &str) -> Value {
+    then(demo, "client", kind)
+}
+
+fn server(demo: &mut Proc, kind: &str) -> Value {
+    then(demo, "server", kind)
+}
+
+/// Where the first event of `role` and `kind` is in the demo's timeline.
+fn at(demo: &Proc, role: &str, kind: &str) -> usize {
+    demo.seen
+        .iter()
+        .position(|e| e["role"] == role && e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {role} {kind}:\n{}", demo.history()))
+}
+
+/// `first` (role, kind) is drawn before `second`: a cause before its effect.
+fn before(demo: &Proc, first: (&str, &str), second: (&str, &str)) {
+    assert!(
+        at(demo, first.0, first.1) < at(demo, second.0, second.1),
+        "{first:?} should come before {second:?}:\n{}",
+        demo.history()
+    );
+}
+
+fn ts(e: &Value) -> f64 {
+    e["ts"].as_f64().unwrap()
+}
+
+#[test]
+fn list_names_every_scenario_with_a_description() {
+    let output = Command::new(BIN).args(["demo", "--list"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    let mut wanted = SCENARIOS.to_vec();
+    wanted.sort_unstable();
+    assert_eq!(sorted, wanted);
+    for line in text.lines() {
+        assert!(
+            line.split_whitespace().count() > 3,
+            "no description: {line}"
+        );
+        assert!(line.chars().count() <= 100, "too long: {line}");
+    }
+}
+
+#[test]
+fn an_unknown_demo_fails_and_lists_the_names() {
+    let output = Command::new(BIN)
+        .args(["demo", "no-such-demo"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-demo"), "{stderr}");
+    for name in SCENARIOS {
+        assert!(stderr.contains(name), "{name} missing from: {stderr}");
+    }
+    let output = Command::new(BIN).arg("demo").output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a demo needs a name or --list"
+    );
+}
+
+#[test]
+fn the_text_output_is_a_ladder_that_fits_80_columns() {
+    let output = Command::new(BIN)
+        .args(["demo", "write-after-fin", "--color", "never"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "{} columns: {line}", line.len());
+    }
+    assert!(!text.contains('\x1b'), "colour with --color never");
+    for needle in [
+        "SYN",
+        "FIN",
+        "RST",
+        "read() = 0",
+        "write() = EPIPE",
+        "[CLOSE]",
+        "↳",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    assert!(text.contains("\n✓ shown: "), "{text}");
+
+    let quiet = Command::new(BIN)
+        .args(["demo", "refused", "--color", "never", "--no-explain"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stdout).contains('↳'));
+}
+
+#[test]
+fn blocking_backlog_queues_the_second_client_until_the_first_leaves() {
+    let mut demo = demo("blocking-backlog");
+    let second = demo.expect_where("connect", |e| e["role"] == "client");
+    let second = demo.expect_where("connect", |e| {
+        e["role"] == "client" && e["local"] != second["local"]
+    });
+    assert_eq!(second["tcp_state"], "ESTABLISHED");
+    let first_left = demo.expect_where("close", |e| e["conn"] == 1);
+    let accepted = demo.expect_where("accept", |e| e["conn"] == 2);
+    assert!(ts(&second) < ts(&first_left) && ts(&first_left) <= ts(&accepted));
+    demo.expect_where("recv", |e| {
+        e["role"] == "client" && e["local"] == second["local"]
+    });
+}
+
+#[test]
+fn thread_per_client_serves_the_second_client_at_once() {
+    let mut demo = demo("thread-per-client");
+    server(&mut demo, "spawn");
+    let spawn2 = demo.expect_where("spawn", |e| e["conn"] == 2);
+    let eof1 = demo.expect_where("eof", |e| e["role"] == "server" && e["conn"] == 1);
+    assert!(ts(&spawn2) < ts(&eof1));
+    assert_eq!(demo.kinds(Some(2)).first().unwrap(), "accept");
+}
+
+#[test]
+fn process_per_client_serves_the_second_client_at_once() {
+    let mut demo = demo("process-per-client");
+    let spawn = server(&mut demo, "spawn");
+    assert!(spawn["detail"].as_str().unwrap().starts_with("child pid"));
+    let spawn2 = demo.expect_where("spawn", |e| e["conn"] == 2);
+    let eof1 = demo.expect_where("eof", |e| e["role"] == "server" && e["conn"] == 1);
+    assert!(ts(&spawn2) < ts(&eof1));
+}
+
+#[test]
+fn parent_keeps_fd_delays_the_fin_until_the_parent_closes() {
+    let mut demo = demo("parent-keeps-fd");
+    let child_close = demo.expect_where("close", |e| e["role"] == "server" && e["conn"] == 1);
+    assert!(child_close["note"]
+        .as_str()
+        .unwrap()
+        .contains("sends nothing"));
+    let exit = server(&mut demo, "exit");
+    server(&mut demo, "stop");
+    let parent_close = demo.expect_where("close", |e| e["role"] == "server" && e["conn"] == 1);
+    assert!(parent_close["note"].as_str().unwrap().contains("parent"));
+    let eof = client(&mut demo, "eof");
+    assert!(ts(&eof) - ts(&exit) > 0.9, "the FIN came too soon: {eof}");
+    client(&mut demo, "close");
+}
+
+#[test]
+fn nonblocking_spin_counts_the_wasted_tries() {
+    let mut demo = demo("nonblocking-spin");
+    client(&mut demo, "recv");
+    let summary = server(&mut demo, "summary");
+    let stats = &summary["stats"];
+    for field in ["loop_iterations", "wouldblock", "cpu_ms"] {
+        assert!(stats[field].is_u64(), "no {field}: {summary}");
+    }
+    assert!(stats["wouldblock"].as_u64().unwrap() >= 100, "{summary}");
+}
+
+#[test]
+fn poll_many_serves_a_thousand_clients_from_one_thread() {
+    let mut demo = demo("poll-many");
+    let accepts = demo.seen.iter().filter(|e| e["kind"] == "accept").count();
+    let echoes = demo
+        .seen
+        .iter()
+        .filter(|e| e["role"] == "client" && e["kind"] == "recv")
+        .count();
+    assert_eq!((accepts, echoes), (1000, 1000));
+    let summary = server(&mut demo, "summary");
+    assert_eq!(summary["stats"]["connections"], 1000);
+    assert_eq!(summary["mode"], "poll");
+}
+
+#[test]
+fn orderly_close_ends_in_time_wait_on_the_side_that_closed_first() {
+    let mut demo = demo("orderly-close");
+    before(&demo, ("client", "close"), ("server", "eof"));
+    let close = client(&mut demo, "close");
+    let eof = server(&mut demo, "eof");
+    assert_eq!(eof["tcp_state"], "CLOSE_WAIT");
+    let server_close = server(&mut demo, "close");
+    assert!(server_close["note"].as_str().unwrap().contains("LAST_ACK"));
+    let table = client(&mut demo, "summary");
+    assert_eq!(table["tcp_state"], "TIME_WAIT");
+    assert_eq!(table["local"], close["local"]);
+}
+
+#[test]
+fn idle_timeout_closes_and_the_client_reads_the_fin() {
+    let mut demo = demo("idle-timeout");
+    before(&demo, ("client", "send"), ("server", "recv"));
+    server(&mut demo, "timeout");
+    let eof = client(&mut demo, "eof");
+    assert_eq!(eof["tcp_state"], "CLOSE_WAIT");
+    client(&mut demo, "close");
+}
+
+#[test]
+fn crash_fin_the_kernel_closes_for_the_dead_child() {
+    let mut demo = demo("crash-fin");
+    before(&demo, ("server", "send"), ("client", "recv"));
+    before(&demo, ("client", "recv"), ("client", "eof"));
+    let exit = demo.expect_where("exit", |e| e["role"] == "server" && e["conn"] == 1);
+    assert_eq!(exit["detail"], "child exited with status 3");
+}
+
+#[test]
+fn write_after_fin_succeeds_then_eof_then_epipe() {
+    let mut demo = demo("write-after-fin");
+    before(&demo, ("server", "send"), ("client", "recv"));
+    server(&mut demo, "close");
+    let send = demo.expect_where("send", |e| e["data"] == "second\\n");
+    assert_eq!(send["role"], "client");
+    client(&mut demo, "eof");
+    let epipe = client(&mut demo, "broken_pipe");
+    assert_eq!(epipe["errno"], "EPIPE");
+}
+
+#[test]
+fn multiplexed_client_notices_the_fin_without_typing() {
+    let mut demo = demo("multiplexed-client");
+    before(&demo, ("server", "send"), ("client", "recv"));
+    server(&mut demo, "close");
+    client(&mut demo, "eof");
+    client(&mut demo, "close");
+    let sends = demo
+        .seen
+        .iter()
+        .filter(|e| e["role"] == "client" && e["kind"] == "send");
+    assert_eq!(sends.count(), 1, "the client needed no second write");
+}
+
+#[test]
+fn abort_rst_makes_the_clients_read_fail_econnreset() {
+    let mut demo = demo("abort-rst");
+    before(&demo, ("client", "send"), ("server", "recv"));
+    before(&demo, ("server", "send"), ("client", "recv"));
+    server(&mut demo, "abort");
+    let reset = client(&mut demo, "reset");
+    assert_eq!(reset["errno"], "ECONNRESET");
+    assert!(!demo
+        .seen
+        .iter()
+        .any(|e| e["role"] == "client" && e["kind"] == "eof"));
+}
+
+#[test]
+fn unread_data_rst_closes_with_an_rst() {
+    let mut demo = demo("unread-data-rst");
+    before(&demo, ("client", "connect"), ("server", "accept"));
+    client(&mut demo, "send");
+    let close = server(&mut demo, "close");
+    assert!(close["note"].as_str().unwrap().contains("RST"));
+    let reset = client(&mut demo, "reset");
+    assert_eq!(reset["errno"], "ECONNRESET");
+}
+
+#[test]
+fn refused_is_econnrefused() {
+    let mut demo = demo("refused");
+    let refused = client(&mut demo, "refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    assert!(!demo.seen.iter().any(|e| e["kind"] == "connect"));
+}
+
+#[test]
+fn half_close_keeps_reading_after_its_fin() {
+    let mut demo = demo("half-close");
+    let shutdown = client(&mut demo, "shutdown");
+    let state = shutdown["tcp_state"].as_str().unwrap();
+    assert!(state.starts_with("FIN_WAIT"), "{state}");
+    client(&mut demo, "recv");
+    client(&mut demo, "eof");
+    client(&mut demo, "close");
+    before(&demo, ("client", "shutdown"), ("server", "eof"));
+    before(&demo, ("server", "close"), ("client", "eof"));
+}
+
+#[test]
+fn byte_stream_has_no_message_boundaries() {
+    let mut demo = demo("byte-stream");
+    for _ in 0..3 {
+        client(&mut demo, "send");
+    }
+    client(&mut demo, "shutdown");
+    let merged = server(&mut demo, "recv");
+    assert_eq!(merged["bytes"], 14);
+    assert_eq!(merged["data"], "one\\ntwo\\nthree\\n");
+    let large = server(&mut demo, "send");
+    let reads: Vec<u64> = demo.seen[demo.position("send", None).unwrap()..]
+        .iter()
+        .filter(|e| e["role"] == "client" && e["kind"] == "recv")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(reads.len() > 1, "{reads:?}");
+    assert_eq!(reads.iter().sum::<u64>(), large["bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn backlog_full_leaves_connect_waiting_in_syn_sent() {
+    let mut demo = demo("backlog-full");
+    let listen = server(&mut demo, "listen");
+    assert_eq!(listen["detail"], "backlog 1");
+    let connects: Vec<&Value> = demo
+        .seen
+        .iter()
+        .filter(|e| e["kind"] == "connect")
+        .collect();
+    assert!(connects.iter().any(|e| e["tcp_state"] == "ESTABLISHED"));
+    let pending: Vec<&&Value> = connects
+        .iter()
+        .filter(|e| e["tcp_state"] == "SYN_SENT")
+        .collect();
+    assert!(!pending.is_empty(), "{connects:?}");
+    assert!(pending.iter().all(|e| e["errno"] == "EINPROGRESS"));
+    assert!(!demo.seen.iter().any(|e| e["kind"] == "accept"));
+}
+
+#[test]
+fn a_demo_whose_port_is_taken_exits_1_and_says_why() {
+    let (_held, port) = held_port();
+    let output = Command::new(BIN)
+        .args(["demo", "byte-stream", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("tcp-lab: error: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+
+    // A child server that cannot bind: its own error line, at once.
+    let output = Command::new(BIN)
+        .args(["demo", "orderly-close", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the server did not start"), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// A port another socket is listening on.
+fn held_port() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
