@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -31,13 +31,16 @@ const SCENARIOS: [&str; 17] = [
     "byte-stream",
 ];
 
-/// A demo runs alone in well under 10 s; on a loaded machine give it more, but bound it.
+/// A demo must finish within 10 s (alone it takes at most 2); this bounds a hung one.
 const DEMO_WAIT: Duration = Duration::from_secs(40);
 
 /// Run `tcp-lab demo NAME --format json` to the end; it must succeed.
 fn demo(name: &str) -> Proc {
+    let started = Instant::now();
     let mut demo = Proc::spawn(&["demo", name]);
     let status = demo.wait_exit_within(DEMO_WAIT);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "demo {name} took {took:?}");
     assert!(
         status.success(),
         "demo {name} failed ({status}): {}\nevents:\n{}",

@@ -16,22 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-macro_rules! loop_modes {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn nonblocking() {
-                super::$test("nonblocking")
-            }
-            #[test]
-            fn poll() {
-                super::$test("poll")
-            }
-        }
-    )*};
-}
-
-loop_modes!(
+in_modes!(
+    [nonblocking, poll]
     out_of_descriptors_is_reported_once_survived_and_served_again,
     a_peer_that_floods_and_never_reads_leaves_memory_bounded,
     an_idle_connection_times_out_with_a_fin,

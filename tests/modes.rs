@@ -13,65 +13,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `mod test_name { fn blocking() … fn poll() }`: a test per mode, so failures name the mode
-/// and the modes run in parallel.
-macro_rules! every_mode {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn blocking() {
-                super::$test("blocking")
-            }
-            #[test]
-            fn threaded() {
-                super::$test("threaded")
-            }
-            #[test]
-            fn process() {
-                super::$test("process")
-            }
-            #[test]
-            fn nonblocking() {
-                super::$test("nonblocking")
-            }
-            #[test]
-            fn poll() {
-                super::$test("poll")
-            }
-        }
-    )*};
-}
-
-/// The same, for the models that serve several connections at once.
-macro_rules! concurrent_modes {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn threaded() {
-                super::$test("threaded")
-            }
-            #[test]
-            fn process() {
-                super::$test("process")
-            }
-            #[test]
-            fn nonblocking() {
-                super::$test("nonblocking")
-            }
-            #[test]
-            fn poll() {
-                super::$test("poll")
-            }
-        }
-    )*};
-}
-
-concurrent_modes!(
+// The models that serve several connections at once.
+in_modes!(
+    [threaded, process, nonblocking, poll]
     max_conns_turns_newcomers_away_politely,
     delay_holds_up_only_its_own_connection
 );
 
-every_mode!(
+in_modes!(
+    [blocking, threaded, process, nonblocking, poll]
     twenty_concurrent_clients_each_get_five_exact_echoes,
     a_16_mib_payload_is_echoed_byte_exact,
     only_blocking_makes_a_second_client_wait,

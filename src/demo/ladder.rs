@@ -555,3 +555,73 @@ fn drawn_keys(keys: &[Option<String>]) -> HashSet<String> {
     }
     order.into_iter().map(String::from).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn widths(text: &str) -> Vec<usize> {
+        text.lines().map(|l| l.chars().count()).collect()
+    }
+
+    #[test]
+    fn every_row_fits_80_columns_whatever_the_text() {
+        let long = "x".repeat(300);
+        let note = "a note that goes on and on ".repeat(12);
+        let mut events = vec![json!({"ts": 0.0, "role": "server", "kind": "listen",
+            "local": "127.0.0.1:65535", "tcp_state": "LISTEN", "detail": "backlog 128"})];
+        for i in 1..=6 {
+            let client = format!("127.0.0.1:{}", 40000 + i);
+            events.push(json!({"ts": 0.1, "role": "client", "kind": "connect",
+                "local": client, "tcp_state": "ESTABLISHED", "note": note}));
+            events.push(
+                json!({"ts": 0.2, "role": "server", "conn": i, "kind": "accept",
+                "peer": client, "tcp_state": "ESTABLISHED"}),
+            );
+            events.push(
+                json!({"ts": 0.3, "role": "client", "kind": "send", "local": client,
+                "bytes": 300, "data": long, "tcp_state": "ESTABLISHED"}),
+            );
+            events.push(
+                json!({"ts": 0.4, "role": "server", "conn": i, "kind": "exit",
+                "detail": format!("a very long detail {long}")}),
+            );
+        }
+        events.push(json!({"ts": 0.5, "role": "server", "kind": "summary",
+            "stats": {"connections": 6, "loop_iterations": 123456789, "wouldblock": 987654321,
+                      "cpu_ms": 1000, "bytes_echoed": 1800, "turned_away": 0}}));
+        let text = render(&events, true);
+        assert!(widths(&text).iter().all(|&w| w <= WIDTH), "{text}");
+        assert!(text.contains("… 3 more connections"), "{text}");
+    }
+
+    #[test]
+    fn arrows_point_from_the_side_that_sent() {
+        let events = vec![
+            json!({"ts": 0.1, "role": "client", "kind": "connect", "local": "c"}),
+            json!({"ts": 0.2, "role": "server", "conn": 1, "kind": "close", "peer": "c"}),
+            json!({"ts": 0.3, "role": "client", "kind": "send", "local": "c", "bytes": 2}),
+            json!({"ts": 0.4, "role": "client", "kind": "eof", "local": "c"}),
+        ];
+        let text = render(&events, false);
+        let arrows: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split('│').nth(1))
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(
+            arrows,
+            [
+                "── SYN ────────────▶",
+                "◀──────── SYN-ACK ──",
+                "── ACK ────────────▶",
+                "◀──────────── FIN ──",
+                "── 2 bytes ────────▶",
+                "◀──────────── RST ──",
+            ],
+            "{text}"
+        );
+    }
+}

@@ -13,6 +13,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `in_modes!([blocking, poll] test_a, test_b)` makes `mod test_a { fn blocking() fn poll() }`
+/// and so on: a test per mode, so a failure names its mode and the modes run in parallel.
+/// Each test is a function `fn test_a(mode: &str)` beside the macro call.
+#[macro_export]
+macro_rules! in_modes {
+    ($modes:tt $($test:ident),* $(,)?) => {$(
+        in_modes!(@one $test $modes);
+    )*};
+    (@one $test:ident [$($mode:ident),*]) => {
+        mod $test {
+            $(
+                #[test]
+                fn $mode() {
+                    super::$test(stringify!($mode))
+                }
+            )*
+        }
+    };
+}
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 
 /// The bound on any single wait. Generous: CI is a loaded 2-core machine. A passing test
