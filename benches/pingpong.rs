@@ -57,7 +57,7 @@ fn pingpong(sizes: &[usize]) {
     let mut tokio = Server::start("tokio", tokio_command());
     println!("ping-pong, 64-byte messages, one in flight per connection; median of {ROUNDS} runs of {MEASURE:?}");
     for &conns in sizes {
-        let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut runs: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
             for (i, server) in [&mut poll, &mut tokio].into_iter().enumerate() {
                 runs[i].push(measure(server, conns));
@@ -67,20 +67,23 @@ fn pingpong(sizes: &[usize]) {
             let rate = median(runs.iter().map(|r| r.0).collect());
             let cpu = median(runs.iter().map(|r| r.1).collect());
             let per_cpu = median(runs.iter().map(|r| r.0 / r.1.max(0.01)).collect());
-            (rate, cpu, per_cpu)
+            let load_cpu = median(runs.iter().map(|r| r.2).collect());
+            (rate, cpu, per_cpu, load_cpu)
         });
-        println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second");
+        println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second  load generator CPU");
         println!(
-            "  poll         {:>9.0}      {:>4.0} %  {:>9.0}",
+            "  poll         {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
             p.0,
             p.1 * 100.0,
-            p.2
+            p.2,
+            p.3 * 100.0
         );
         println!(
-            "  tokio        {:>9.0}      {:>4.0} %  {:>9.0}",
+            "  tokio        {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
             t.0,
             t.1 * 100.0,
-            t.2
+            t.2,
+            t.3 * 100.0
         );
         println!(
             "  poll/tokio   {:>9.2}             {:>9.2}",
@@ -101,16 +104,27 @@ fn pingpong(sizes: &[usize]) {
 
 /// One run: connect, warm up, count round trips over MEASURE. Returns (messages/s, the
 /// server's CPU use in cores).
-fn measure(server: &mut Server, conns: usize) -> (f64, f64) {
+fn measure(server: &mut Server, conns: usize) -> (f64, f64, f64) {
     let mut load = Load::connect(server.port, conns);
     load.run_for(WARMUP);
     let cpu_before = cpu_seconds(server.child.id());
+    let load_before = thread_cpu_seconds();
     let started = Instant::now();
     let messages = load.run_for(MEASURE);
     let secs = started.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(server.child.id()) - cpu_before) / secs;
+    let load_cpu = (thread_cpu_seconds() - load_before) / secs;
     load.close();
-    (messages as f64 / secs, cpu)
+    (messages as f64 / secs, cpu, load_cpu)
+}
+
+/// CPU time of the calling thread (the load generator), from getrusage(RUSAGE_THREAD).
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

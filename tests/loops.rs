@@ -29,6 +29,7 @@ in_modes!(
 /// off instead of spinning (poll: little CPU; nonblocking spins by design, so only the
 /// report is checked there), and serves again once the peers leave.
 fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
+    raise_open_files_limit(); // 100 peers here, while other tests run beside us
     let mut cmd = Command::new(BIN);
     cmd.args([
         "serve", "--mode", mode, "--port", "0", "--quiet", "--format", "json",
@@ -294,4 +295,26 @@ fn poll_a_reset_during_a_delay_does_not_wake_the_loop() {
         turns < 50,
         "{turns} wake-ups around one delayed echo; {end}"
     );
+}
+
+/// The nonblocking loop never prints a line per failed call (there are hundreds of thousands
+/// a second), but a `wouldblock` event counts them, about once a second.
+#[test]
+fn nonblocking_counts_its_wasted_tries_in_aggregated_events() {
+    let (mut server, port) = server("nonblocking", &[]);
+    let _idle = raw_peer(port);
+    server.expect_conn("accept", 1);
+    let first = server.expect("wouldblock");
+    let second = server.expect("wouldblock");
+    for event in [&first, &second] {
+        let stats = &event["stats"];
+        let (turns, wasted) = (
+            stats["turns"].as_u64().unwrap(),
+            stats["wasted"].as_u64().unwrap(),
+        );
+        assert!(turns > 0 && wasted >= turns, "{event}");
+    }
+    assert_eq!(second["stats"]["open"], 1, "{second}");
+    let gap = second["ts"].as_f64().unwrap() - first["ts"].as_f64().unwrap();
+    assert!(gap >= 0.9, "wouldblock events {gap:.2} s apart");
 }

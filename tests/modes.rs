@@ -193,6 +193,7 @@ fn the_seed_flow_ten_messages_then_bye(mode: &str) {
 }
 
 fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {
+    raise_open_files_limit();
     let (server, port) = server(mode, &["--quiet"]);
     let pid = server.child.id();
     // The baseline once the server is surely up and serving (the poll server opens its
