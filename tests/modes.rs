@@ -194,17 +194,21 @@ fn the_seed_flow_ten_messages_then_bye(mode: &str) {
 
 fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {
     raise_open_files_limit();
-    let (server, port) = server(mode, &["--quiet"]);
+    let (mut server, port) = server(mode, &["--quiet"]);
     let pid = server.child.id();
-    // The baseline once the server is surely up and serving (the poll server opens its
-    // epoll descriptors after the listen event): with one connection served and still
-    // open, which holds a descriptor in every model but the process parent's.
+    // The baseline once the server has served one connection and let it go (the poll
+    // server opens its epoll descriptors after the listen event). Its last event comes
+    // after the close it reports.
     let mut first = raw_peer(port);
     first.write_all(b"first").unwrap();
     assert_eq!(read_exactly(&mut first, 5), b"first");
-    let first_fd = usize::from(mode != "process");
-    let baseline = open_descriptors(pid) - first_fd;
     drop(first);
+    let last_event = match mode {
+        "threaded" | "process" => "exit",
+        _ => "close",
+    };
+    server.expect_conn(last_event, 1);
+    let baseline = open_descriptors(pid);
     // In batches, so the blocking server's accept queue never overflows.
     for _ in 0..20 {
         let batch: Vec<TcpStream> = (0..50).map(|_| raw_peer(port)).collect();
