@@ -7,8 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,83 +16,11 @@ use common::*;
 
 in_modes!(
     [nonblocking, poll]
-    out_of_descriptors_is_reported_once_survived_and_served_again,
     a_peer_that_floods_and_never_reads_leaves_memory_bounded,
     an_idle_connection_times_out_with_a_fin,
     delay_is_a_timer_so_delayed_echoes_overlap,
     the_summary_shows_the_cost_of_the_loop,
 );
-
-/// With 64 descriptors and 100 peers, accept() fails EMFILE. The server says so once, backs
-/// off instead of spinning (poll: little CPU; nonblocking spins by design, so only the
-/// report is checked there), and serves again once the peers leave.
-fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
-    raise_open_files_limit(); // 100 peers here, while other tests run beside us
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve", "--mode", mode, "--port", "0", "--quiet", "--format", "json",
-    ]);
-    // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut server = Proc::spawn_command(cmd, &format!("serve --mode {mode} (64 fds)"));
-    let port = port_of(&server.expect("listen")["local"]);
-    let peers: Vec<TcpStream> = (0..100).map(|_| raw_peer(port)).collect();
-    let error = server.expect("error");
-    assert_eq!(error["errno"], "EMFILE");
-
-    // The measurement window (not a synchronisation): the server is out of descriptors
-    // throughout, and retries every back-off period.
-    let pid = server.child.id();
-    let before = cpu_seconds(pid);
-    let window = Instant::now();
-    thread::sleep(Duration::from_secs(1));
-    let used = (cpu_seconds(pid) - before) / window.elapsed().as_secs_f64();
-    if mode == "poll" {
-        assert!(
-            used < 0.3,
-            "poll used {:.0} % of a core out of descriptors",
-            used * 100.0
-        );
-    }
-
-    // All the while, one report: the server retried every back-off period for a second,
-    // and what it printed meanwhile has arrived (it flushes every turn of its loop).
-    while server.next_event(Duration::ZERO).is_some() {}
-    let emfiles = |server: &Proc| {
-        server
-            .seen
-            .iter()
-            .filter(|e| e["kind"] == "error" && e["errno"] == "EMFILE")
-            .count()
-    };
-    assert_eq!(
-        emfiles(&server),
-        1,
-        "EMFILE is reported once while it lasts:\n{}",
-        server.history()
-    );
-
-    // The peers leave. (The connections still queued are accepted as the others close, so
-    // the server may run short once more on the way: a new episode, reported again.)
-    drop(peers);
-    let mut probe = client(port, &["--send", "served again"]);
-    assert!(probe.wait_exit().success(), "{}", probe.stderr_text());
-    assert_eq!(probe.expect("recv")["data"], "served again\\n");
-
-    server.signal(libc::SIGINT);
-    assert!(server.wait_exit().success());
-}
 
 /// A peer sends 200 MiB and never reads its echo. The server queues at most MAX_PENDING for
 /// it, then stops reading from it (backpressure): its memory stays small, the flooder's
@@ -240,27 +166,6 @@ fn the_summary_shows_the_cost_of_the_loop(mode: &str) {
     } else {
         assert!(turns < 20 && wasted < 20, "{summary}");
     }
-}
-
-/// A field of /proc/PID/status, in kB.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// User plus system CPU time of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// A peer resets its connection while its echo is delayed. The poll loop has nothing to wait
