@@ -376,14 +376,18 @@ impl Output {
             Some(id) => format!("{} #{id}", self.role.name()),
             None => self.role.name().to_string(),
         };
-        let label = e.kind.paint(&format!("{:<11}", e.kind.name()));
-        let mut line = format!("{} {:<10} {label}", ts.dimmed(), who);
         let mut facts = text_facts(e);
         // The state stands apart from the facts, by two spaces even when it is alone.
         let first_gap = if facts.is_empty() { "  " } else { " " };
         if let Some(state) = e.tcp_state {
             facts.push(format!("[{state}]").cyan().to_string());
         }
+        // The label is padded to line the facts up; with nothing after it, it is not.
+        let label = match facts.is_empty() {
+            true => e.kind.paint(e.kind.name()),
+            false => e.kind.paint(&format!("{:<11}", e.kind.name())),
+        };
+        let mut line = format!("{} {:<10} {label}", ts.dimmed(), who);
         // The facts follow the label; a long list (a summary) goes on under them, so the
         // line never runs past the width the notes are wrapped to.
         let mut column = FACTS_INDENT;
