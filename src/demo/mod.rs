@@ -327,6 +327,17 @@ impl Lab {
         self.procs[id.0].signal(libc::SIGINT);
     }
 
+    /// Wait for a process to exit with `code` (1: the failure the scenario leads it into).
+    pub fn expect_exit_code(&mut self, id: ProcId, code: i32) -> Result<()> {
+        let status = self.wait_exit(id)?;
+        let name = &self.procs[id.0].name;
+        anyhow::ensure!(
+            status.code() == Some(code),
+            "`{name}` ended with {status}, not exit status {code}"
+        );
+        Ok(())
+    }
+
     /// Wait for a child to exit and for all of its events.
     pub fn wait_exit(&mut self, id: ProcId) -> Result<ExitStatus> {
         let deadline = Instant::now() + STEP_WAIT;

@@ -466,11 +466,7 @@ fn write_after_fin(lab: &mut Lab) -> Result<String> {
     let epipe = lab.wait("the next write to fail EPIPE", |e| {
         is(e, CLIENT, "broken_pipe")
     })?;
-    let status = lab.wait_exit(client)?;
-    ensure!(
-        status.code() == Some(1),
-        "the client ended with {status}, not exit status 1"
-    );
+    lab.expect_exit_code(client, 1)?;
     Ok(format!(
         "the write after the FIN succeeded ({:.3} s) and was answered by an RST, the read returned 0 ({:.3} s), and the next write failed EPIPE ({:.3} s)",
         ts(&sent),
@@ -512,11 +508,7 @@ fn abort_rst(lab: &mut Lab) -> Result<String> {
     let reset = lab.wait("the client's read to fail ECONNRESET", |e| {
         is(e, CLIENT, "reset") && e["errno"] == "ECONNRESET"
     })?;
-    let status = lab.wait_exit(client)?;
-    ensure!(
-        status.code() == Some(1),
-        "the client ended with {status}, not exit status 1"
-    );
+    lab.expect_exit_code(client, 1)?;
     Ok(format!(
         "the server closed with SO_LINGER 0: an RST, no FIN, and the client's read failed ECONNRESET at {:.3} s",
         ts(&reset)
@@ -585,11 +577,7 @@ fn unread_data_rst(lab: &mut Lab) -> Result<String> {
     let reset = lab.wait("the client's read to fail ECONNRESET", |e| {
         is(e, CLIENT, "reset")
     })?;
-    let status = lab.wait_exit(client)?;
-    ensure!(
-        status.code() == Some(1),
-        "the client ended with {status}, not exit status 1"
-    );
+    lab.expect_exit_code(client, 1)?;
     Ok(format!(
         "the server closed with {unread} bytes unread: the kernel sent an RST, not a FIN, and the client's read failed ECONNRESET at {:.3} s",
         ts(&reset)
@@ -612,11 +600,7 @@ fn refused(lab: &mut Lab) -> Result<String> {
     let refused = lab.wait("connect() to fail ECONNREFUSED", |e| {
         is(e, CLIENT, "refused") && e["errno"] == "ECONNREFUSED"
     })?;
-    let status = lab.wait_exit(client)?;
-    ensure!(
-        status.code() == Some(1),
-        "the client ended with {status}, not exit status 1"
-    );
+    lab.expect_exit_code(client, 1)?;
     Ok(format!(
         "nothing listens on port {port}: the SYN was answered by an RST and connect() failed ECONNREFUSED at {:.3} s",
         ts(&refused)
