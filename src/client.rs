@@ -67,6 +67,8 @@ struct Client {
     received: u64,
     /// The server's FIN has been read: whoever closes now closes second.
     peer_closed: bool,
+    /// Our FIN went out with shutdown(Write): close() will send nothing new.
+    shut_down: bool,
     buf: Vec<u8>,
 }
 
@@ -94,6 +96,7 @@ impl Client {
             sent: 0,
             received: 0,
             peer_closed: false,
+            shut_down: false,
             buf: vec![0; READ_BUF],
         };
         client.emit(client.event(Kind::Connect).note(note::CONNECT));
@@ -148,7 +151,13 @@ impl Client {
             }
             ReadOutcome::Eof => {
                 self.peer_closed = true;
-                self.emit(self.event(Kind::Eof).note(eof_note));
+                // After our shutdown(), this FIN answers ours: nothing is left open.
+                let why = if self.shut_down {
+                    note::EOF_AFTER_SHUTDOWN
+                } else {
+                    eof_note
+                };
+                self.emit(self.event(Kind::Eof).note(why));
                 Ok(Some(Heard::Eof))
             }
             ReadOutcome::Reset => Err(self.reset("read()")),
@@ -195,10 +204,10 @@ impl Client {
 
     /// close(): our FIN.
     fn close(self) {
-        let why = if self.peer_closed {
-            note::CLOSE_AFTER_EOF
-        } else {
-            note::CLOSE_FIRST
+        let why = match (self.shut_down, self.peer_closed) {
+            (true, _) => note::CLOSE_AFTER_SHUTDOWN,
+            (false, true) => note::CLOSE_AFTER_EOF,
+            (false, false) => note::CLOSE_FIRST,
         };
         let event = Event::new(Kind::Close).addrs(self.local, self.peer);
         drop(self.stream); // the FIN goes out here
@@ -223,6 +232,7 @@ impl Client {
         self.stream
             .shutdown(Shutdown::Write)
             .context("shutdown(Write) failed")?;
+        self.shut_down = true;
         self.emit(self.event(Kind::Shutdown).note(note::SHUTDOWN));
         Ok(())
     }

@@ -48,6 +48,15 @@ pub const CLOSE_FIRST: &str =
 We closed first, so the kernel keeps this connection in TIME_WAIT after the descriptor is gone \
 (ss -tan state time-wait)";
 
+pub const EOF_AFTER_SHUTDOWN: &str =
+    "read() returned 0: the peer's FIN, after ours (shutdown). Both directions are closed; we \
+sent the first FIN, so the kernel keeps the connection in TIME_WAIT on our side (ss -tan state \
+time-wait), and this socket itself reads CLOSE";
+
+pub const CLOSE_AFTER_SHUTDOWN: &str =
+    "close() after shutdown(): our FIN went out already, so nothing new goes on the wire. We sent \
+the first FIN, so the kernel keeps this connection in TIME_WAIT after the descriptor is gone";
+
 pub const CLOSE_AFTER_EOF: &str =
     "close() after the peer's FIN: our FIN goes out (LAST_ACK) and the \
 connection is over; the peer, which closed first, keeps the TIME_WAIT";

@@ -90,6 +90,15 @@ fn half_close_still_receives_after_its_shutdown() {
     let echoed: String = data_of(&client.seen, "recv").concat();
     assert_eq!(echoed, "one\\ntwo\\n");
     assert_eq!(kinds[kinds.len() - 2..], ["eof", "close"]);
+    // The FINs crossed in that order: ours first, so the TIME_WAIT is ours, and close()
+    // sends nothing new. The notes must say so, not the usual "we close second".
+    let note_of = |i: usize| client.seen[i]["note"].as_str().unwrap().to_string();
+    let (eof, close) = (note_of(kinds.len() - 2), note_of(kinds.len() - 1));
+    assert!(
+        eof.contains("after ours") && eof.contains("TIME_WAIT on our side"),
+        "{eof}"
+    );
+    assert!(close.contains("went out already"), "{close}");
 }
 
 #[test]
