@@ -27,6 +27,7 @@ in_modes!(
     crash_after_makes_the_kernel_send_a_fin,
     reset_after_sends_an_rst,
     the_seed_flow_ten_messages_then_bye,
+    a_message_merged_with_the_bye_word_is_still_echoed,
     a_thousand_resetting_peers_leave_no_descriptor_behind,
     out_of_descriptors_is_reported_once_survived_and_served_again,
 );
@@ -187,6 +188,21 @@ fn the_seed_flow_ten_messages_then_bye(mode: &str) {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).expect("the server's FIN");
     assert!(rest.is_empty(), "Bye must not be echoed: {rest:?}");
+    let close = server.expect_conn("close", 1);
+    assert!(close["note"].as_str().unwrap().contains("bye word"));
+}
+
+/// TCP may deliver a message and the bye word in one read (one write here makes sure of it).
+/// The message is still echoed, byte for byte; only the bye word is not, and then the FIN.
+fn a_message_merged_with_the_bye_word_is_still_echoed(mode: &str) {
+    let (mut server, port) = server(mode, &["--delay", "50"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"two\nBye\n").unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut echoed = Vec::new();
+    peer.read_to_end(&mut echoed)
+        .expect("the echo, then the server's FIN");
+    assert_eq!(echoed, b"two\n");
     let close = server.expect_conn("close", 1);
     assert!(close["note"].as_str().unwrap().contains("bye word"));
 }

@@ -64,12 +64,12 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
             ReadOutcome::WouldBlock => {
                 let idle_for = last_heard.elapsed();
                 if config.idle_timeout.is_some_and(|limit| idle_for >= limit) {
-                    out.emit(
-                        conn.event(Kind::Timeout)
-                            .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
-                            .note(note::TIMEOUT),
-                    );
+                    let event = conn
+                        .event(Kind::Timeout)
+                        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
+                        .note(note::TIMEOUT);
                     drop(conn); // close(): the FIN goes out
+                    out.emit(event);
                     return Ending::Finished;
                 }
                 continue;
@@ -89,17 +89,22 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
         if out.wants_data() {
             out.emit(conn.event(Kind::Recv).payload(message).note(note::RECV));
         }
-        if is_bye(message, &config.bye_word) {
-            close(conn, server, note::CLOSE_BYE);
-            return Ending::Finished;
-        }
-        if let Some(delay) = config.delay {
-            // The handler "works" before answering: only this connection waits.
-            if server.stop.sleep(delay) {
-                continue; // stopping: the top of the loop closes the connection
+        // The bye word is not echoed; whatever came before it in the same read still is.
+        let bye = bye_at(message, &config.bye_word);
+        let answer = &message[..bye.unwrap_or(n)];
+        if !answer.is_empty() {
+            if let Some(delay) = config.delay {
+                // The handler "works" before answering: only this connection waits.
+                if server.stop.sleep(delay) {
+                    continue; // stopping: the top of the loop closes the connection
+                }
+            }
+            if !echo(&conn, answer, server) {
+                return Ending::Finished;
             }
         }
-        if !echo(&conn, message, server) {
+        if bye.is_some() {
+            close(conn, server, note::CLOSE_BYE);
             return Ending::Finished;
         }
         if config.crash_after == Some(messages) {
@@ -154,14 +159,19 @@ fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
     true
 }
 
-/// Is this message the bye word? One read's bytes with trailing whitespace trimmed, or any
-/// whole line of them.
-pub fn is_bye(message: &[u8], bye_word: &str) -> bool {
+/// Does this message hold the bye word: all of one read's bytes (trailing whitespace
+/// trimmed), or one whole line of them? If so, how many bytes come before it (to be echoed,
+/// since TCP may have merged an earlier message into this read).
+pub fn bye_at(message: &[u8], bye_word: &str) -> Option<usize> {
     let word = bye_word.as_bytes();
-    message.trim_ascii_end() == word
-        || message
-            .split(|&b| b == b'\n')
-            .any(|line| line.trim_ascii_end() == word)
+    let mut start = 0;
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.trim_ascii_end() == word {
+            return Some(start);
+        }
+        start += line.len();
+    }
+    None
 }
 
 /// close(): the kernel sends our FIN.
@@ -207,14 +217,15 @@ pub fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io:
 
 #[cfg(test)]
 mod tests {
-    use super::is_bye;
+    use super::bye_at;
 
     #[test]
     fn bye_is_a_whole_message_or_a_whole_line() {
-        assert!(is_bye(b"Bye", "Bye"));
-        assert!(is_bye(b"Bye\r\n", "Bye"));
-        assert!(is_bye(b"hello\nBye\n", "Bye"));
-        assert!(!is_bye(b"Bye bye", "Bye"));
-        assert!(!is_bye(b"Byeee", "Bye"));
+        assert_eq!(bye_at(b"Bye", "Bye"), Some(0));
+        assert_eq!(bye_at(b"Bye\r\n", "Bye"), Some(0));
+        assert_eq!(bye_at(b"Bye\n\n", "Bye"), Some(0));
+        assert_eq!(bye_at(b"hello\nBye\n", "Bye"), Some(6));
+        assert_eq!(bye_at(b"Bye bye", "Bye"), None);
+        assert_eq!(bye_at(b"Byeee", "Bye"), None);
     }
 }

@@ -144,24 +144,30 @@ impl LoopConn {
             let event = self.conn.event(Kind::Recv).payload(message);
             server.out.emit(event.note(note::RECV));
         }
-        if echo::is_bye(message, &server.config.bye_word) {
+        // The bye word is not echoed; whatever came before it in the same read still is,
+        // and the connection closes once that is out.
+        let bye = echo::bye_at(message, &server.config.bye_word);
+        if bye.is_some() {
             self.ending = Some(End::Close(note::CLOSE_BYE));
+        }
+        let answer = &message[..bye.unwrap_or(n)];
+        if answer.is_empty() {
             return self.settle();
         }
         if let Some(delay) = server.config.delay {
             // The handler "works" before answering: a timer, not a sleep, so the loop goes
             // on serving everyone else. This connection is not read meanwhile.
-            self.queue(message);
-            self.held = n;
+            self.queue(answer);
+            self.held = answer.len();
             self.due = Some(self.last_progress + delay);
             return Ok(());
         }
         // Straight from the read buffer when nothing is queued before it: no copy.
         let written = match self.pending.is_empty() {
-            true => write_some(&self.conn, message, server)?,
+            true => write_some(&self.conn, answer, server)?,
             false => 0,
         };
-        self.queue(&message[written..]);
+        self.queue(&answer[written..]);
         self.answered(server)
     }
 
