@@ -517,19 +517,12 @@ impl Lab {
 /// On Linux, ask the kernel to SIGTERM the child if the demo dies first (even of SIGKILL),
 /// so no server is left behind holding a port.
 fn die_with_parent(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe, as code between fork and exec must be.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+    use std::os::unix::process::CommandExt;
+    let demo = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || crate::server::process::die_with_parent(demo));
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
 }
 
 /// Is `e` an event of `role` (`client` or `server`) and `kind`?

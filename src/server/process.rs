@@ -143,7 +143,7 @@ fn clear_close_on_exec(fd: RawFd) -> std::io::Result<()> {
 /// as orphans serving connections nobody watches: on Linux, ask the kernel to send us
 /// SIGTERM when the parent dies, which stops the child the same way Ctrl-C does.
 #[cfg(target_os = "linux")]
-fn die_with_parent(parent: u32) -> std::io::Result<()> {
+pub(crate) fn die_with_parent(parent: u32) -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on this process.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -159,7 +159,7 @@ fn die_with_parent(parent: u32) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_parent: u32) -> std::io::Result<()> {
+pub(crate) fn die_with_parent(_parent: u32) -> std::io::Result<()> {
     Ok(())
 }
 
