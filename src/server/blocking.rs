@@ -13,30 +13,25 @@
 use std::net::TcpListener;
 
 use super::echo::{self, Ending};
-use super::{Connection, Server, EMFILE_BACKOFF};
+use super::{Accepted, Acceptor, Server, EMFILE_BACKOFF};
 use crate::event::Kind;
 use crate::note;
 
 pub fn run(listener: &TcpListener, server: &Server) {
     super::wake_accept_every_tick(listener, server);
-    let mut next_id = 1;
-    let mut reported_emfile = false;
+    let mut acceptor = Acceptor::default();
 
     while server.keep_accepting() {
-        let stream = match listener.accept() {
-            Ok((stream, _peer)) => stream,
-            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
-            Err(e) => {
-                if server.accept_failed(&e, &mut reported_emfile) {
-                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
-                }
+        // accept(): sleeps until a connection is queued, or for one TICK.
+        let conn = match acceptor.accept(listener, server) {
+            Accepted::Conn(conn) => conn,
+            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
+            Accepted::Nothing | Accepted::TurnedAway => continue,
+            Accepted::BackOff => {
+                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
                 continue;
             }
         };
-        reported_emfile = false;
-
-        let conn = Connection::new(next_id, stream);
-        next_id += 1;
         server.opened(&conn);
 
         // Serve this client to the end. Everyone else waits in the kernel's accept queue.

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use super::{echo, Connection, Server, Stats};
+use super::{echo, Accepted, Acceptor, Connection, Server, Stats};
 use crate::event::Kind;
 use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
@@ -309,7 +309,7 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
 }
 
 /// What one accept() gave the loop.
-pub enum Accepted {
+pub enum LoopAccepted {
     /// A connection to serve, already non-blocking.
     Conn(LoopConn),
     /// Turned away by `--max-conns`; there may be more to accept.
@@ -320,41 +320,25 @@ pub enum Accepted {
     BackOff,
 }
 
-/// accept(), numbering connections and remembering whether EMFILE was already reported.
-#[derive(Default)]
-pub struct Acceptor {
-    next_id: u64,
-    reported_emfile: bool,
-}
-
-impl Acceptor {
-    pub fn accept(&mut self, listener: &TcpListener, server: &Server) -> Accepted {
-        let stream = match listener.accept() {
-            Ok((stream, _peer)) => stream,
-            Err(e) if outcome::would_block(&e) => {
-                Stats::add(&server.stats.wouldblock, 1);
-                return Accepted::Empty;
-            }
-            Err(e) if server.accept_failed(&e, &mut self.reported_emfile) => {
-                return Accepted::BackOff
-            }
-            Err(_) => return Accepted::Empty,
-        };
-        self.reported_emfile = false;
-        self.next_id += 1;
-        let conn = Connection::new(self.next_id, stream);
-        if server.is_full() {
-            server.turn_away(conn);
-            return Accepted::TurnedAway;
+/// accept() for a loop: nothing queued is a wasted try (counted), and a new connection is
+/// made non-blocking before the loop sees it.
+pub fn accept(acceptor: &mut Acceptor, listener: &TcpListener, server: &Server) -> LoopAccepted {
+    let conn = match acceptor.accept(listener, server) {
+        Accepted::Conn(conn) => conn,
+        Accepted::Nothing => {
+            Stats::add(&server.stats.wouldblock, 1);
+            return LoopAccepted::Empty;
         }
-        // The accepted socket does not inherit O_NONBLOCK from the listener (on Linux).
-        if let Err(e) = conn.stream.set_nonblocking(true) {
-            echo::report_error(&conn, server, "fcntl(O_NONBLOCK)", &e);
-            return Accepted::Empty; // dropped: closed
-        }
-        server.opened(&conn);
-        Accepted::Conn(LoopConn::new(conn))
+        Accepted::TurnedAway => return LoopAccepted::TurnedAway,
+        Accepted::BackOff => return LoopAccepted::BackOff,
+    };
+    // The accepted socket does not inherit O_NONBLOCK from the listener (on Linux).
+    if let Err(e) = conn.stream.set_nonblocking(true) {
+        echo::report_error(&conn, server, "fcntl(O_NONBLOCK)", &e);
+        return LoopAccepted::Empty; // dropped: closed
     }
+    server.opened(&conn);
+    LoopAccepted::Conn(LoopConn::new(conn))
 }
 
 /// Connections by poller key (1, 2, …; 0 is the listener), reusing the keys of closed ones.

@@ -206,37 +206,65 @@ impl Server {
         Stats::sub(&self.stats.open, 1);
         Stats::add(&self.stats.finished, 1);
     }
+}
 
-    /// Report an accept() that failed, and say whether to back off (stop accepting for
-    /// EMFILE_BACKOFF). Nothing arrived yet (EAGAIN, or the TICK timeout of the blocking
-    /// models) or a signal interrupted the call: no, just try again. Out of descriptors:
-    /// report it once per episode and back off, the way nginx does — the connection waits
-    /// in the kernel's queue, and we stop asking for a moment instead of failing in a tight
-    /// loop. Anything else: report it and back off too.
-    pub fn accept_failed(&self, error: &io::Error, reported_emfile: &mut bool) -> bool {
-        if outcome::would_block(error) || outcome::interrupted(error) {
-            return false;
+/// What one accept() gave.
+pub enum Accepted {
+    /// A new connection, numbered, within `--max-conns`; not yet counted as open (the mode
+    /// calls [`Server::opened`] once it can really serve it).
+    Conn(Connection),
+    /// Over `--max-conns`: told `server full` and closed (event `limit`).
+    TurnedAway,
+    /// Nothing queued (EAGAIN, or the TICK of the blocking models ran out), a signal
+    /// interrupted the call, or a queued connection was reset before we took it.
+    Nothing,
+    /// Out of descriptors (reported once per episode) or another failure (reported): stop
+    /// accepting for EMFILE_BACKOFF rather than failing again at once, the way nginx does.
+    /// The connections wait in the kernel's queue meanwhile.
+    BackOff,
+}
+
+/// accept() for every mode: numbers the connections 1, 2, …, applies `--max-conns`, and
+/// remembers whether running out of descriptors was already reported.
+#[derive(Default)]
+pub struct Acceptor {
+    accepted: u64,
+    reported_emfile: bool,
+}
+
+impl Acceptor {
+    pub fn accept(&mut self, listener: &TcpListener, server: &Server) -> Accepted {
+        let stream = match listener.accept() {
+            Ok((stream, _peer)) => stream,
+            Err(e) => return self.failed(&e, server),
+        };
+        self.reported_emfile = false;
+        self.accepted += 1;
+        let conn = Connection::new(self.accepted, stream);
+        if server.is_full() {
+            server.turn_away(conn);
+            return Accepted::TurnedAway;
         }
-        if outcome::out_of_descriptors(error) {
-            if !*reported_emfile {
-                self.out.emit(
-                    Event::new(Kind::Error)
-                        .errno(outcome::errno_name(error))
-                        .detail("accept() failed: out of file descriptors")
-                        .note(note::EMFILE),
-                );
-                *reported_emfile = true;
-            }
-        } else if !outcome::is_reset(error) {
-            // ECONNABORTED (a queued connection was reset before we took it) is routine;
-            // anything else is worth a line.
-            self.out.emit(
+        Accepted::Conn(conn)
+    }
+
+    fn failed(&mut self, error: &io::Error, server: &Server) -> Accepted {
+        if outcome::would_block(error) || outcome::interrupted(error) || outcome::is_reset(error) {
+            return Accepted::Nothing;
+        }
+        if !outcome::out_of_descriptors(error) {
+            let event = Event::new(Kind::Error).detail(format!("accept() failed: {error}"));
+            server.out.emit(event.errno(outcome::errno_name(error)));
+        } else if !self.reported_emfile {
+            self.reported_emfile = true;
+            server.out.emit(
                 Event::new(Kind::Error)
                     .errno(outcome::errno_name(error))
-                    .detail(format!("accept() failed: {error}")),
+                    .detail("accept() failed: out of file descriptors")
+                    .note(note::EMFILE),
             );
         }
-        true
+        Accepted::BackOff
     }
 }
 

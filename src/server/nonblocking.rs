@@ -22,8 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, Accepted, Acceptor, End, LoopConn, Step};
-use super::{Server, Stats, EMFILE_BACKOFF};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Step};
+use super::{Acceptor, Server, Stats, EMFILE_BACKOFF};
 use crate::event::{Event, Kind};
 use crate::note;
 
@@ -45,12 +45,12 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         // 1. Anyone new? Usually not: EAGAIN, counted as a wasted try.
         if accept_paused_until.is_none_or(|until| now >= until) {
             accept_paused_until = None;
-            match acceptor.accept(listener, server) {
-                Accepted::Conn(lc) => conns.push(lc),
+            match event_loop::accept(&mut acceptor, listener, server) {
+                LoopAccepted::Conn(lc) => conns.push(lc),
                 // Out of descriptors: accept() would fail at once on every turn, so stop
                 // asking for a moment (the queued connections wait in the kernel).
-                Accepted::BackOff => accept_paused_until = Some(now + EMFILE_BACKOFF),
-                Accepted::TurnedAway | Accepted::Empty => {}
+                LoopAccepted::BackOff => accept_paused_until = Some(now + EMFILE_BACKOFF),
+                LoopAccepted::TurnedAway | LoopAccepted::Empty => {}
             }
         }
 

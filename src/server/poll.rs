@@ -26,8 +26,8 @@ use std::time::Instant;
 use polling::{Event, Events, Poller};
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, Accepted, Acceptor, End, LoopConn, Slots, Step, Timers};
-use super::{Server, Stats, EMFILE_BACKOFF};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers};
+use super::{Acceptor, Server, Stats, EMFILE_BACKOFF};
 use crate::event::Kind;
 use crate::note;
 
@@ -175,8 +175,8 @@ fn accept_some(
     server: &Server,
 ) -> bool {
     for _ in 0..ACCEPT_BATCH {
-        match acceptor.accept(listener, server) {
-            Accepted::Conn(lc) => {
+        match event_loop::accept(acceptor, listener, server) {
+            LoopAccepted::Conn(lc) => {
                 let key = conns.insert(lc);
                 let lc = conns.get_mut(key).expect("just inserted");
                 if let Err(e) = register(poller, &lc.conn.stream, Event::readable(key)) {
@@ -187,14 +187,14 @@ fn accept_some(
                 }
                 timers.schedule(key, lc, server); // --idle-timeout counts from now
             }
-            Accepted::TurnedAway => continue,
-            Accepted::Empty => return false,
+            LoopAccepted::TurnedAway => continue,
+            LoopAccepted::Empty => return false,
             // Why not keep the listener in the poller? Its queue still holds connections,
             // so it stays readable: wait() would return at once, accept() fail at once, and
             // the loop spin at 100 % CPU until a descriptor frees up. Like nginx, we take
             // the listener out of the poller for a moment instead; the connections wait
             // in the kernel's queue and are accepted once a descriptor is free again.
-            Accepted::BackOff => return true,
+            LoopAccepted::BackOff => return true,
         }
     }
     false

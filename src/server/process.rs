@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::echo::{self, Ending};
-use super::{Config, Connection, Server, Stats, Stop, EMFILE_BACKOFF};
+use super::{Accepted, Acceptor, Config, Connection, Server, Stats, Stop, EMFILE_BACKOFF};
 use crate::cli::{Mode, ServeChildArgs};
 use crate::event::{Event, Kind, Output, Role, EPOCH_ENV};
 use crate::note;
@@ -53,28 +53,20 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) 
     let mut workers: Vec<Worker> = Vec::new();
     // Only with --parent-keeps-fd: the copies the parent "forgot" to close.
     let mut kept: Vec<Connection> = Vec::new();
-    let mut next_id = 1;
-    let mut reported_emfile = false;
+    let mut acceptor = Acceptor::default();
 
     while server.keep_accepting() {
         reap_exited(&mut workers, server);
-        let stream = match listener.accept() {
-            Ok((stream, _peer)) => stream,
-            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
-            Err(e) => {
-                if server.accept_failed(&e, &mut reported_emfile) {
-                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
-                }
+        // accept(): sleeps until a connection is queued, or for one TICK.
+        let conn = match acceptor.accept(listener, server) {
+            Accepted::Conn(conn) => conn,
+            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
+            Accepted::Nothing | Accepted::TurnedAway => continue,
+            Accepted::BackOff => {
+                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
                 continue;
             }
         };
-        reported_emfile = false;
-        let conn = Connection::new(next_id, stream);
-        next_id += 1;
-        if server.is_full() {
-            server.turn_away(conn);
-            continue;
-        }
         server.opened(&conn);
         match spawn_child(&conn, server) {
             Ok(child) => workers.push(Worker {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::echo::{self, Ending};
-use super::{Connection, Server, EMFILE_BACKOFF};
+use super::{Accepted, Acceptor, Connection, Server, EMFILE_BACKOFF};
 use crate::event::{Event, Kind};
 use crate::{note, outcome};
 
@@ -37,28 +37,20 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
     super::wake_accept_every_tick(listener, server);
     silence_deliberate_crashes();
     let mut handlers: Vec<Handler> = Vec::new();
-    let mut next_id = 1;
-    let mut reported_emfile = false;
+    let mut acceptor = Acceptor::default();
 
     while server.keep_accepting() {
         reap_finished(&mut handlers, server);
-        let stream = match listener.accept() {
-            Ok((stream, _peer)) => stream,
-            // Nothing yet (the TICK ran out), EINTR, or out of descriptors.
-            Err(e) => {
-                if server.accept_failed(&e, &mut reported_emfile) {
-                    server.stop.sleep(EMFILE_BACKOFF); // back off instead of spinning
-                }
+        // accept(): sleeps until a connection is queued, or for one TICK.
+        let conn = match acceptor.accept(listener, server) {
+            Accepted::Conn(conn) => conn,
+            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
+            Accepted::Nothing | Accepted::TurnedAway => continue,
+            Accepted::BackOff => {
+                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
                 continue;
             }
         };
-        reported_emfile = false;
-        let conn = Connection::new(next_id, stream);
-        next_id += 1;
-        if server.is_full() {
-            server.turn_away(conn);
-            continue;
-        }
         server.opened(&conn);
         match spawn_handler(conn, server) {
             Ok(handler) => handlers.push(handler),
