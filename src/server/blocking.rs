@@ -13,7 +13,7 @@
 use std::net::TcpListener;
 
 use super::echo::{self, Ending};
-use super::{Accepted, Acceptor, Server, EMFILE_BACKOFF};
+use super::{Acceptor, Server};
 use crate::event::Kind;
 use crate::note;
 
@@ -22,15 +22,9 @@ pub fn run(listener: &TcpListener, server: &Server) {
     let mut acceptor = Acceptor::default();
 
     while server.keep_accepting() {
-        // accept(): sleeps until a connection is queued, or for one TICK.
-        let conn = match acceptor.accept(listener, server) {
-            Accepted::Conn(conn) => conn,
-            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
-            Accepted::Nothing | Accepted::TurnedAway => continue,
-            Accepted::BackOff => {
-                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
-                continue;
-            }
+        // accept(): sleeps until a connection is queued, or for one TICK (then Ctrl-C?).
+        let Some(conn) = acceptor.accept_or_wait(listener, server) else {
+            continue;
         };
         server.opened(&conn);
 

@@ -248,6 +248,24 @@ impl Acceptor {
         Accepted::Conn(conn)
     }
 
+    /// The blocking models' accept(): sleeps until a connection is queued, or for one TICK
+    /// (None: look for Ctrl-C, then call again). Out of descriptors, it first backs off for
+    /// EMFILE_BACKOFF instead of failing again at once.
+    pub fn accept_or_wait(
+        &mut self,
+        listener: &TcpListener,
+        server: &Server,
+    ) -> Option<Connection> {
+        match self.accept(listener, server) {
+            Accepted::Conn(conn) => Some(conn),
+            Accepted::Nothing | Accepted::TurnedAway => None,
+            Accepted::BackOff => {
+                server.stop.sleep(EMFILE_BACKOFF);
+                None
+            }
+        }
+    }
+
     fn failed(&mut self, error: &io::Error, server: &Server) -> Accepted {
         if outcome::would_block(error) || outcome::interrupted(error) || outcome::is_reset(error) {
             return Accepted::Nothing;

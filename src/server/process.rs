@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::echo::{self, Ending};
-use super::{Accepted, Acceptor, Config, Connection, Server, Stats, Stop, EMFILE_BACKOFF};
+use super::{Acceptor, Config, Connection, Server, Stats, Stop};
 use crate::cli::{Mode, ServeChildArgs};
 use crate::event::{Event, Kind, Output, Role, EPOCH_ENV};
 use crate::note;
@@ -57,15 +57,9 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) 
 
     while server.keep_accepting() {
         reap_exited(&mut workers, server);
-        // accept(): sleeps until a connection is queued, or for one TICK.
-        let conn = match acceptor.accept(listener, server) {
-            Accepted::Conn(conn) => conn,
-            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
-            Accepted::Nothing | Accepted::TurnedAway => continue,
-            Accepted::BackOff => {
-                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
-                continue;
-            }
+        // accept(): sleeps until a connection is queued, or for one TICK (then Ctrl-C?).
+        let Some(conn) = acceptor.accept_or_wait(listener, server) else {
+            continue;
         };
         server.opened(&conn);
         match spawn_child(&conn, server) {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::echo::{self, Ending};
-use super::{Accepted, Acceptor, Connection, Server, EMFILE_BACKOFF};
+use super::{Acceptor, Connection, Server};
 use crate::event::{Event, Kind};
 use crate::{note, outcome};
 
@@ -41,15 +41,9 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
 
     while server.keep_accepting() {
         reap_finished(&mut handlers, server);
-        // accept(): sleeps until a connection is queued, or for one TICK.
-        let conn = match acceptor.accept(listener, server) {
-            Accepted::Conn(conn) => conn,
-            // Nothing yet (the TICK ran out) or --max-conns said no: look for Ctrl-C, go on.
-            Accepted::Nothing | Accepted::TurnedAway => continue,
-            Accepted::BackOff => {
-                server.stop.sleep(EMFILE_BACKOFF); // out of descriptors: no spinning
-                continue;
-            }
+        // accept(): sleeps until a connection is queued, or for one TICK (then Ctrl-C?).
+        let Some(conn) = acceptor.accept_or_wait(listener, server) else {
+            continue;
         };
         server.opened(&conn);
         match spawn_handler(conn, server) {
