@@ -10,9 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "tcp-lab", version, propagate_version = true)]
 #[command(after_help = "Start here:\n  \
+    tcp-lab lesson 0                     # the course, lesson by lesson\n  \
     tcp-lab serve --mode blocking        # terminal 1: an echo server on 127.0.0.1:7788\n  \
     tcp-lab client                       # terminal 2: type lines, watch them echo\n  \
-    tcp-lab client --count 3 --bye       # or a scripted client")]
+    tcp-lab client --count 3 --bye       # or a scripted client\n  \
+    tcp-lab demo --list                  # one-terminal scenarios: RST, FIN, backlog, …")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
