@@ -425,10 +425,7 @@ fn crash_fin(lab: &mut Lab) -> Result<String> {
         exit["detail"] != "child exited with status 0",
         "the child exited normally: {exit}"
     );
-    ensure!(
-        lab.wait_exit(client)?.success(),
-        "the client did not end cleanly"
-    );
+    lab.expect_exit_code(client, 0)?;
     Ok(format!(
         "the child died without closing anything ({}); the kernel sent the FIN, and the client's read returned 0 at {:.3} s",
         exit["detail"].as_str().unwrap_or("?"),
@@ -484,10 +481,7 @@ fn multiplexed_client(lab: &mut Lab) -> Result<String> {
     let eof = lab.wait("the client to notice the FIN by itself", |e| {
         is(e, CLIENT, "eof")
     })?;
-    ensure!(
-        lab.wait_exit(client)?.success(),
-        "the client did not end cleanly"
-    );
+    lab.expect_exit_code(client, 0)?;
     Ok(format!(
         "with its stdin still open, the client saw the FIN {:.0} ms after the crash and left",
         (ts(&eof) - ts(&crash)).max(0.0) * 1000.0
