@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 const MESSAGE: [u8; 64] = [b'x'; 64];
-const WARMUP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(2);
-const ROUNDS: usize = 5;
+const WARMUP: Duration = Duration::from_millis(300);
+const MEASURE: Duration = Duration::from_secs(1);
+const ROUNDS: usize = 11;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,45 +50,58 @@ fn value_of(args: &[String], name: &str) -> Option<usize> {
 }
 
 /// Messages/second for each server and size, and messages per second of the server's own
-/// CPU time (its cost per message, which other programs on the machine disturb less). The
-/// median of ROUNDS runs, alternating between the servers.
+/// CPU time (its cost per message). The machine's speed drifts from one second to the next
+/// (it is a shared VM), so the servers are compared in *pairs* of runs back to back, the order
+/// swapped every round, and the ratio is the median of the ROUNDS pairs' ratios; the
+/// spread of those ratios is printed beside it.
 fn pingpong(sizes: &[usize]) {
+    let pinned = pin_generator();
     let mut poll = Server::start("poll", poll_command());
     let mut tokio = Server::start("tokio", tokio_command());
-    println!("ping-pong, 64-byte messages, one in flight per connection; median of {ROUNDS} runs of {MEASURE:?}");
+    if pinned {
+        pin_server(&poll);
+        pin_server(&tokio);
+    }
+    println!(
+        "ping-pong, 64-byte messages, one in flight per connection; {ROUNDS} pairs of {MEASURE:?} runs{}",
+        if pinned { "; generator on CPU 0, servers on CPU 1" } else { "" }
+    );
     for &conns in sizes {
-        let mut runs: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..ROUNDS {
-            for (i, server) in [&mut poll, &mut tokio].into_iter().enumerate() {
+        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let server = if i == 0 { &mut poll } else { &mut tokio };
                 runs[i].push(measure(server, conns));
             }
         }
-        let [p, t] = runs.map(|runs| {
-            let rate = median(runs.iter().map(|r| r.0).collect());
-            let cpu = median(runs.iter().map(|r| r.1).collect());
-            let per_cpu = median(runs.iter().map(|r| r.0 / r.1.max(0.01)).collect());
-            let load_cpu = median(runs.iter().map(|r| r.2).collect());
-            (rate, cpu, per_cpu, load_cpu)
-        });
+        let pair_ratio = |f: fn(&Run) -> f64| -> Vec<f64> {
+            let ratios = runs[0].iter().zip(&runs[1]).map(|(p, t)| f(p) / f(t));
+            sorted(ratios.collect())
+        };
+        let rate_ratios = pair_ratio(|r| r.rate);
+        let cost_ratios = pair_ratio(|r| r.per_cpu());
         println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second  load generator CPU");
+        for (name, runs) in [("poll", &runs[0]), ("tokio", &runs[1])] {
+            println!(
+                "  {name:<10} {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
+                median(runs.iter().map(|r| r.rate).collect()),
+                median(runs.iter().map(|r| r.server_cpu).collect()) * 100.0,
+                median(runs.iter().map(Run::per_cpu).collect()),
+                median(runs.iter().map(|r| r.load_cpu).collect()) * 100.0,
+            );
+        }
         println!(
-            "  poll         {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
-            p.0,
-            p.1 * 100.0,
-            p.2,
-            p.3 * 100.0
+            "  poll/tokio   {:>9.2}             {:>9.2}      (median of the {ROUNDS} pairs' ratios)",
+            median(rate_ratios.clone()),
+            median(cost_ratios.clone()),
         );
         println!(
-            "  tokio        {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
-            t.0,
-            t.1 * 100.0,
-            t.2,
-            t.3 * 100.0
-        );
-        println!(
-            "  poll/tokio   {:>9.2}             {:>9.2}",
-            p.0 / t.0,
-            p.2 / t.2
+            "  pairs        {:.2}–{:.2}             {:.2}–{:.2}  (lowest–highest)",
+            rate_ratios[0],
+            rate_ratios[ROUNDS - 1],
+            cost_ratios[0],
+            cost_ratios[ROUNDS - 1],
         );
     }
     for server in [&poll, &tokio] {
@@ -102,9 +115,25 @@ fn pingpong(sizes: &[usize]) {
     tokio.stop();
 }
 
-/// One run: connect, warm up, count round trips over MEASURE. Returns (messages/s, the
-/// server's CPU use in cores).
-fn measure(server: &mut Server, conns: usize) -> (f64, f64, f64) {
+/// One run's figures.
+struct Run {
+    /// Echoes completed per second.
+    rate: f64,
+    /// The server's CPU use, in cores.
+    server_cpu: f64,
+    /// The load generator's CPU use (this thread), in cores.
+    load_cpu: f64,
+}
+
+impl Run {
+    /// Messages per second of the server's own CPU time: its cost per message, inverted.
+    fn per_cpu(&self) -> f64 {
+        self.rate / self.server_cpu.max(0.01)
+    }
+}
+
+/// One run: connect, warm up, count round trips over MEASURE.
+fn measure(server: &mut Server, conns: usize) -> Run {
     let mut load = Load::connect(server.port, conns);
     load.run_for(WARMUP);
     let cpu_before = cpu_seconds(server.child.id());
@@ -112,10 +141,41 @@ fn measure(server: &mut Server, conns: usize) -> (f64, f64, f64) {
     let started = Instant::now();
     let messages = load.run_for(MEASURE);
     let secs = started.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(server.child.id()) - cpu_before) / secs;
-    let load_cpu = (thread_cpu_seconds() - load_before) / secs;
+    let run = Run {
+        rate: messages as f64 / secs,
+        server_cpu: (cpu_seconds(server.child.id()) - cpu_before) / secs,
+        load_cpu: (thread_cpu_seconds() - load_before) / secs,
+    };
     load.close();
-    (messages as f64 / secs, cpu, load_cpu)
+    run
+}
+
+/// On two cores or more: the load generator (this thread) on CPU 0, each server on CPU 1,
+/// so that neither migrates and both servers meet the same placement. False if not done.
+fn pin_generator() -> bool {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    online >= 2 && set_cpu(0, 0)
+}
+
+fn pin_server(server: &Server) {
+    // Every thread of the server: tokio's runtime thread, tcp-lab's loop and Ctrl-C thread.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id()));
+    for task in tasks.into_iter().flatten().flatten() {
+        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+            set_cpu(tid, 1);
+        }
+    }
+}
+
+/// sched_setaffinity(tid, {cpu}); tid 0 is the calling thread.
+fn set_cpu(tid: libc::pid_t, cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
 }
 
 /// CPU time of the calling thread (the load generator), from getrusage(RUSAGE_THREAD).
@@ -127,8 +187,13 @@ fn thread_cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values.sort_by(f64::total_cmp);
+    values
+}
+
+fn median(values: Vec<f64>) -> f64 {
+    let values = sorted(values);
     values[values.len() / 2]
 }
 
