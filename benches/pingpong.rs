@@ -7,12 +7,13 @@
 //! `cargo bench --bench pingpong -- --idle`     nonblocking against poll, idle for a second:
 //!                                              loop turns, wasted tries, CPU time
 //!
-//! Both servers are separate processes with one thread each: the release `tcp-lab serve
-//! --mode poll --quiet`, and this binary re-executed as a tokio current-thread server. The
-//! load generator is the same for both: one thread of this process, its own level-triggered
-//! epoll loop over blocking-free sockets, so it costs less per message than either server
-//! (one read and one write). The servers' CPU use is printed beside each figure: a server at
-//! ~100 % of a core is the bottleneck, not the generator. Results: docs/benchmarks.md.
+//! Both servers are separate processes: the release `tcp-lab serve --mode poll --quiet`, and
+//! this binary re-executed as a tokio current-thread server. The load generator is the same
+//! for both: one thread of this process, its own level-triggered epoll loop, one read() and
+//! one write() per message. On two cores it runs on CPU 0 and the servers on CPU 1; the
+//! servers are compared in pairs of runs back to back (see `pingpong`). The servers' CPU use
+//! is printed beside each figure: a server at ~100 % of a core is the bottleneck.
+//! Results: docs/benchmarks.md.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
