@@ -22,6 +22,15 @@
 //!
 //! [`server`] holds what every mode shares: options, bind/listen, Ctrl-C and the summary.
 
+// Every model is built on Unix descriptors (the process model hands an accepted socket to its
+// child as an inherited descriptor), so say that at once instead of with a hundred errors.
+#[cfg(not(unix))]
+compile_error!(
+    "tcp-lab runs on Unix (Linux; macOS untested): its servers are built on Unix file \
+     descriptors, and `--mode process` hands each accepted socket to a child process as an \
+     inherited descriptor. On Windows, use WSL."
+);
+
 pub mod cli;
 pub mod client;
 pub mod demo;
