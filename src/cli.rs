@@ -5,6 +5,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::event::{ColorChoice, OutputArgs};
+
 /// Watch TCP servers work: echo servers in five concurrency models, a client, and every
 /// socket call printed as an annotated event with the kernel's TCP state.
 #[derive(Debug, Parser)]
@@ -83,38 +85,6 @@ impl Mode {
             Mode::Poll => "poll",
         }
     }
-}
-
-/// How events are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// For people: a timeline with coloured labels and notes.
-    Text,
-    /// One JSON object per line, for scripts and tests.
-    Json,
-}
-
-/// When to colour the text output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
-    /// Colour when stdout is a terminal and NO_COLOR is not set.
-    Auto,
-    Always,
-    Never,
-}
-
-/// How events are shown; shared by every command that prints events.
-#[derive(Debug, Clone, Args)]
-pub struct OutputArgs {
-    /// Print events as text for people or as JSON lines.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Colour the text output.
-    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
-    pub color: ColorChoice,
-    /// Drop the teaching notes (the indented line under each event).
-    #[arg(long)]
-    pub no_explain: bool,
 }
 
 /// Where the server listens or the client connects.
@@ -204,8 +174,8 @@ pub struct ClientArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The scenario to run.
-    #[arg(value_name = "NAME", required_unless_present = "list", value_parser = demo_names())]
+    /// The scenario to run (the names are attached in [`crate::command`], which knows the demos).
+    #[arg(value_name = "NAME", required_unless_present = "list")]
     pub name: Option<String>,
     /// List the scenarios, one a line: its name, then what it shows.
     #[arg(long, conflicts_with = "name")]
@@ -216,15 +186,6 @@ pub struct DemoArgs {
     pub port: u16,
     #[command(flatten)]
     pub output: OutputArgs,
-}
-
-/// The scenario names, each with its one-line description, for help and completions.
-fn demo_names() -> clap::builder::PossibleValuesParser {
-    use clap::builder::PossibleValue;
-    let names = crate::demo::SCENARIOS
-        .iter()
-        .map(|s| PossibleValue::new(s.name).help(s.about));
-    clap::builder::PossibleValuesParser::new(names)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -255,13 +216,6 @@ pub struct ServeChildArgs {
     pub conn: u64,
     #[command(flatten)]
     pub serve: ServeArgs,
-}
-
-/// Write the completion script for `shell` to stdout.
-pub fn print_completions(shell: clap_complete::Shell) {
-    use clap::CommandFactory;
-    let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "tcp-lab", &mut std::io::stdout());
 }
 
 impl AddrArgs {

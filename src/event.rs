@@ -15,7 +15,39 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use colored::{ColoredString, Colorize};
 use serde_json::{Map, Value};
 
-use crate::cli::{ColorChoice, Format, Mode, OutputArgs};
+use clap::{Args, ValueEnum};
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: a timeline with coloured labels and notes.
+    Text,
+    /// One JSON object per line, for scripts and tests.
+    Json,
+}
+
+/// When to colour the text output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+/// How events are shown; shared by every command that prints events.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Print events as text for people or as JSON lines.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Colour the text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Drop the teaching notes (the indented line under each event).
+    #[arg(long)]
+    pub no_explain: bool,
+}
 
 /// Every kind of event, named as in shared/DESIGN.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,13 +217,13 @@ impl Event {
     /// This event as the JSON object `--format json` prints: `ts` seconds since the start,
     /// who printed it, and the fields in the documented order. `tcp-lab demo` uses it for
     /// the events of the sockets it drives itself.
-    pub fn to_json(&self, ts: f64, role: Role, mode: Option<Mode>, explain: bool) -> Value {
+    pub fn to_json(&self, ts: f64, role: Role, mode: Option<&'static str>, explain: bool) -> Value {
         let e = self;
         let mut obj = Map::new();
         obj.insert("ts".into(), ts.into());
         obj.insert("role".into(), role.name().into());
         if let (Role::Server, Some(mode)) = (role, mode) {
-            obj.insert("mode".into(), mode.name().into());
+            obj.insert("mode".into(), mode.into());
         }
         if let Some(conn) = e.conn {
             obj.insert("conn".into(), conn.into());
@@ -261,7 +293,7 @@ impl Role {
 /// from threads (and from the process model's children, which share our stdout) never mix.
 pub struct Output {
     role: Role,
-    mode: Option<Mode>,
+    mode: Option<&'static str>,
     format: Format,
     explain: bool,
     quiet: bool,
@@ -277,7 +309,7 @@ pub struct Output {
 impl Output {
     /// Events to stdout. Times count from now, or from `TCP_LAB_EPOCH_NS` (nanoseconds since
     /// the Unix epoch) when a parent process (`tcp-lab demo`) set it to share one clock.
-    pub fn new(role: Role, mode: Option<Mode>, args: &OutputArgs) -> Output {
+    pub fn new(role: Role, mode: Option<&'static str>, args: &OutputArgs) -> Output {
         let output = Output {
             role,
             mode,
@@ -588,9 +620,9 @@ mod tests {
 
     #[test]
     fn a_long_summary_goes_on_under_its_facts_within_the_width() {
-        let args = crate::cli::OutputArgs {
+        let args = OutputArgs {
             format: Format::Text,
-            color: crate::cli::ColorChoice::Never,
+            color: ColorChoice::Never,
             no_explain: true,
         };
         let mut out = Output::new(Role::Server, None, &args);

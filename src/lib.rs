@@ -43,7 +43,37 @@ pub mod tcp_state;
 
 use anyhow::Result;
 
+use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command};
+
+/// The command line as clap sees it: [`cli`]'s derived commands, plus what only the rest of
+/// the crate knows (the demo names, for `--help`, validation and completions). Keeping that
+/// here lets `cli.rs` depend on nothing but the printing options.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("demo", |demo| {
+        demo.mut_arg("name", |name| name.value_parser(demo_names()))
+    })
+}
+
+/// Parse the process's arguments against [`command`]; a usage error exits 2, as clap's do.
+pub fn parse_args() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The scenario names, each with its one-line description, for help and completions.
+fn demo_names() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    let names = demo::SCENARIOS
+        .iter()
+        .map(|s| PossibleValue::new(s.name).help(s.about));
+    clap::builder::PossibleValuesParser::new(names)
+}
+
+/// Write the completion script for `shell` to stdout.
+fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut command(), "tcp-lab", &mut std::io::stdout());
+}
 
 /// Run one command. Errors come back as values, for `main` to print as one line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -65,7 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
             lesson::run(&args)
         }
         Command::Completions(args) => {
-            cli::print_completions(args.shell);
+            print_completions(args.shell);
             Ok(())
         }
         Command::ServeChild(args) => {

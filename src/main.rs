@@ -2,11 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use tcp_lab::cli::Cli;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = tcp_lab::parse_args();
     match tcp_lab::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

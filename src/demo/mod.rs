@@ -26,7 +26,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use colored::Colorize;
 use serde_json::Value;
 
-use crate::cli::{DemoArgs, Format, Mode};
+use crate::cli::DemoArgs;
+use crate::event::Format;
 use crate::event::{Event, Role, EPOCH_ENV};
 
 pub use scenarios::{Scenario, SCENARIOS};
@@ -360,7 +361,7 @@ impl Lab {
     /// Record an event of a socket the demo drives itself, on the shared clock.
     pub fn emit(&mut self, role: Role, event: Event) -> Value {
         let ts = (self.now() * 1e6).round() / 1e6;
-        let value = event.to_json(ts, role, None::<Mode>, true);
+        let value = event.to_json(ts, role, None, true);
         self.push(value.clone());
         value
     }

@@ -334,7 +334,7 @@ impl Connection {
 /// `tcp-lab serve`: listen, then run the chosen mode until it stops.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = Config::from_args(args);
-    let mut out = Output::new(Role::Server, Some(args.mode), &args.output).quiet(args.quiet);
+    let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output).quiet(args.quiet);
     if matches!(args.mode, Mode::Nonblocking | Mode::Poll) {
         // One thread serves everyone: it writes events out once per turn of its loop, not
         // once per event.

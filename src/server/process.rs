@@ -230,7 +230,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     };
     let server = Server {
         config,
-        out: Output::new(Role::Server, Some(Mode::Process), &serve.output).quiet(serve.quiet),
+        out: Output::new(Role::Server, Some(Mode::Process.name()), &serve.output)
+            .quiet(serve.quiet),
         stop: Stop::default(),
         stats: Stats::default(),
     };
