@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// A message equal to this word closes the connection without an echo.
     #[arg(long, value_name = "WORD", default_value = "Bye")]
     pub bye_word: String,
+    /// Answer every message with TEXT plus a newline instead of echoing it (seed 003's
+    /// "ok, 问题正在处理中..."): one read, one reply, however many bytes it held.
+    #[arg(long, value_name = "TEXT")]
+    pub reply: Option<String>,
     /// After N messages the handler dies abruptly: the kernel sends the FIN.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub crash_after: Option<u64>,

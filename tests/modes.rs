@@ -28,6 +28,7 @@ in_modes!(
     reset_after_sends_an_rst,
     the_seed_flow_ten_messages_then_bye,
     a_message_merged_with_the_bye_word_is_still_echoed,
+    reply_answers_every_message_with_the_fixed_text,
     a_thousand_resetting_peers_leave_no_descriptor_behind,
     out_of_descriptors_is_reported_once_survived_and_served_again,
 );
@@ -205,6 +206,29 @@ fn a_message_merged_with_the_bye_word_is_still_echoed(mode: &str) {
     assert_eq!(echoed, b"two\n");
     let close = server.expect_conn("close", 1);
     assert!(close["note"].as_str().unwrap().contains("bye word"));
+}
+
+/// Seed 003's server: every message, whatever it held, gets the same fixed answer; the bye
+/// word still gets none, only the FIN.
+fn reply_answers_every_message_with_the_fixed_text(mode: &str) {
+    let reply = "ok, 问题正在处理中...";
+    let (mut server, port) = server(mode, &["--reply", reply]);
+    let expected = format!("{reply}\n");
+    let mut peer = raw_peer(port);
+    for question in ["问题一", "a much longer second question"] {
+        peer.write_all(question.as_bytes()).unwrap();
+        assert_eq!(read_exactly(&mut peer, expected.len()), expected.as_bytes());
+        let sent = server.expect_conn("send", 1);
+        // The event escapes the newline, as it does every control byte.
+        let shown = format!("{reply}\\n");
+        assert_eq!(sent["data"], shown.as_str(), "{}", server.history());
+    }
+    peer.write_all(b"Bye").unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the server's FIN");
+    assert!(rest.is_empty(), "Bye must get no reply: {rest:?}");
+    server.expect_conn("close", 1);
 }
 
 fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {

@@ -91,7 +91,7 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
         }
         // The bye word is not echoed; whatever came before it in the same read still is.
         let bye = bye_at(message, &config.bye_word);
-        let answer = &message[..bye.unwrap_or(n)];
+        let answer = answer(&message[..bye.unwrap_or(n)], config);
         if !answer.is_empty() {
             if let Some(delay) = config.delay {
                 // The handler "works" before answering: only this connection waits.
@@ -157,6 +157,15 @@ fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
             .emit(conn.event(Kind::Send).payload(message).note(note::SEND));
     }
     true
+}
+
+/// What goes back for `message` (the bytes before any bye word): the message itself, or
+/// the fixed `--reply`. Nothing comes back for nothing, so a lone bye word gets no reply.
+pub fn answer<'a>(message: &'a [u8], config: &'a super::Config) -> &'a [u8] {
+    match &config.reply {
+        Some(reply) if !message.is_empty() => reply,
+        _ => message,
+    }
 }
 
 /// Does this message hold the bye word: all of one read's bytes (trailing whitespace

@@ -150,7 +150,7 @@ impl LoopConn {
         if bye.is_some() {
             self.ending = Some(End::Close(note::CLOSE_BYE));
         }
-        let answer = &message[..bye.unwrap_or(n)];
+        let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
             return self.settle();
         }

@@ -40,6 +40,8 @@ pub struct Config {
     pub delay: Option<Duration>,
     /// A message equal to it closes the connection.
     pub bye_word: String,
+    /// `--reply`: the bytes sent back for every message instead of the message itself.
+    pub reply: Option<Vec<u8>>,
     /// After this many messages the handler dies abruptly.
     pub crash_after: Option<u64>,
     /// After this many messages close with an RST.
@@ -61,6 +63,10 @@ impl Config {
             mode: args.mode,
             delay: args.delay.map(Duration::from_millis),
             bye_word: args.bye_word.clone(),
+            reply: args
+                .reply
+                .as_ref()
+                .map(|text| format!("{text}\n").into_bytes()),
             crash_after: args.crash_after,
             reset_after: args.reset_after,
             exit_after: args.exit_after,
