@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// Close a connection that has been idle this many seconds.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: Option<u64>,
+    /// Bind without SO_REUSEADDR, as a program that never sets it: right after a run whose
+    /// server closed first, bind() fails EADDRINUSE while that TIME_WAIT lasts (~60 s).
+    #[arg(long)]
+    pub no_reuseaddr: bool,
     /// Lifecycle events only: no per-message recv/send events (for load).
     #[arg(long)]
     pub quiet: bool,

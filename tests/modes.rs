@@ -29,6 +29,7 @@ in_modes!(
     the_seed_flow_ten_messages_then_bye,
     a_message_merged_with_the_bye_word_is_still_echoed,
     reply_answers_every_message_with_the_fixed_text,
+    time_wait_blocks_a_rebind_only_without_reuseaddr,
     a_thousand_resetting_peers_leave_no_descriptor_behind,
     out_of_descriptors_is_reported_once_survived_and_served_again,
 );
@@ -229,6 +230,33 @@ fn reply_answers_every_message_with_the_fixed_text(mode: &str) {
     peer.read_to_end(&mut rest).expect("the server's FIN");
     assert!(rest.is_empty(), "Bye must get no reply: {rest:?}");
     server.expect_conn("close", 1);
+}
+
+/// Seed 001's SO_REUSEADDR: the server closes first (the bye word), so its side of the
+/// connection stays in TIME_WAIT after it exits. A restart on that port without
+/// SO_REUSEADDR fails EADDRINUSE; with it (the default) it listens.
+fn time_wait_blocks_a_rebind_only_without_reuseaddr(mode: &str) {
+    let (mut first, port) = server(mode, &["--exit-after", "1"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"Bye").unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the server's FIN");
+    drop(peer); // our FIN: the server's side moves on to TIME_WAIT
+    assert!(first.wait_exit().success());
+
+    let port = port.to_string();
+    let serve = ["serve", "--mode", mode, "--port", port.as_str()];
+    let mut refused = Proc::spawn(&[&serve[..], &["--no-reuseaddr"]].concat());
+    assert_eq!(refused.wait_exit().code(), Some(1));
+    let why = refused.stderr_text();
+    assert!(
+        why.contains("already in use") && why.contains("TIME_WAIT"),
+        "{why}"
+    );
+
+    let mut again = Proc::spawn(&serve);
+    again.expect("listen");
 }
 
 fn a_thousand_resetting_peers_leave_no_descriptor_behind(mode: &str) {

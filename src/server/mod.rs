@@ -347,7 +347,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         out = out.buffered();
     }
     let addr = args.addr.resolve()?;
-    let listener = listen(addr, args.backlog)?;
+    let listener = listen(addr, args.backlog, !args.no_reuseaddr)?;
     let server = Arc::new(Server {
         config,
         out,
@@ -383,17 +383,18 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 /// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
-fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
+fn listen(addr: SocketAddr, backlog: i32, reuse_addr: bool) -> Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .context("cannot create a socket")?;
     // SO_REUSEADDR lets a restarted server bind its port while connections of the last run
     // still sit in TIME_WAIT (the seeds set it too; std's TcpListener::bind always does).
+    // `--no-reuseaddr` leaves it off, to see what it is for.
     socket
-        .set_reuse_address(true)
+        .set_reuse_address(reuse_addr)
         .context("cannot set SO_REUSEADDR")?;
     socket
         .bind(&addr.into())
-        .map_err(|e| anyhow::anyhow!(bind_error(&e, addr)))?;
+        .map_err(|e| anyhow::anyhow!(bind_error(&e, addr, reuse_addr)))?;
     // std's TcpListener::bind fixes the backlog at 128; socket2 lets the learner choose it.
     socket
         .listen(backlog)
@@ -402,8 +403,14 @@ fn listen(addr: SocketAddr, backlog: i32) -> Result<TcpListener> {
 }
 
 /// bind() errors, said so a learner knows what to do next.
-fn bind_error(e: &io::Error, addr: SocketAddr) -> String {
+fn bind_error(e: &io::Error, addr: SocketAddr, reuse_addr: bool) -> String {
     match e.raw_os_error() {
+        // Without SO_REUSEADDR a connection of the last run in TIME_WAIT is enough to refuse.
+        Some(libc::EADDRINUSE) if !reuse_addr => format!(
+            "{addr} is already in use — with --no-reuseaddr a connection left in TIME_WAIT \
+by the last run blocks bind() for ~60 s (ss -tan state time-wait); drop --no-reuseaddr, \
+or another server may be running"
+        ),
         Some(libc::EADDRINUSE) => {
             format!("{addr} is already in use — is another server running? try --port 0")
         }
