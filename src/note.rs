@@ -145,3 +145,7 @@ a FIN";
 pub const WOULDBLOCK: &str = "the loop's wasted tries: every accept() and read() that found \
 nothing failed with EAGAIN (WouldBlock) at once, and the loop asked again. A blocking or poll \
 server would have slept instead";
+
+pub const BIND_TIME_WAIT: &str = "bind() without SO_REUSEADDR failed EADDRINUSE: no server \
+listens on the port, but the last run's server closed first, so its side of that connection \
+sits in TIME_WAIT (~60 s) and still holds the port";

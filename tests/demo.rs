@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 /// Every scenario, as `--list` must show it.
-const SCENARIOS: [&str; 17] = [
+const SCENARIOS: [&str; 18] = [
     "blocking-backlog",
     "backlog-full",
     "process-per-client",
@@ -20,6 +20,7 @@ const SCENARIOS: [&str; 17] = [
     "nonblocking-spin",
     "poll-many",
     "orderly-close",
+    "time-wait-bind",
     "idle-timeout",
     "crash-fin",
     "write-after-fin",
@@ -251,6 +252,21 @@ fn orderly_close_ends_in_time_wait_on_the_side_that_closed_first() {
     let table = client(&mut demo, "summary");
     assert_eq!(table["tcp_state"], "TIME_WAIT");
     assert_eq!(table["local"], close["local"]);
+}
+
+#[test]
+fn time_wait_bind_fails_without_reuseaddr_and_listens_with_it() {
+    let mut demo = demo("time-wait-bind");
+    let close = server(&mut demo, "close");
+    // The kernel's table, not the first server's own summary.
+    let table = demo.expect_where("summary", |e| e["tcp_state"].is_string());
+    assert_eq!(table["tcp_state"], "TIME_WAIT");
+    assert_eq!(table["local"], close["local"]);
+    let failed = server(&mut demo, "error");
+    assert_eq!(failed["errno"], "EADDRINUSE");
+    assert!(failed["note"].as_str().unwrap().contains("TIME_WAIT"));
+    let listen = server(&mut demo, "listen");
+    assert_eq!(listen["local"], close["local"]);
 }
 
 #[test]

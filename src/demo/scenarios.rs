@@ -67,6 +67,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: orderly_close,
     },
     Scenario {
+        name: "time-wait-bind",
+        about: "restart after the server closed first: EADDRINUSE unless SO_REUSEADDR",
+        run: time_wait_bind,
+    },
+    Scenario {
         name: "idle-timeout",
         about: "the server closes a silent connection with a FIN",
         run: idle_timeout,
@@ -380,6 +385,59 @@ fn orderly_close(lab: &mut Lab) -> Result<String> {
     Ok(format!(
         "the client closed first: the server read EOF (CLOSE_WAIT) and closed too, and the kernel keeps the client's side {local} → {peer} in TIME_WAIT"
     ))
+}
+
+/// Seed 001's SO_REUSEADDR: the server closes first (the bye word), so its side ends in
+/// TIME_WAIT; a restart on that port fails without SO_REUSEADDR and works with it.
+fn time_wait_bind(lab: &mut Lab) -> Result<String> {
+    let (first, port) = lab.serve(&["--mode", "blocking", "--exit-after", "1"])?;
+    lab.client(port, &["--send", "hello", "--bye"])?;
+    let close = lab.wait("the server to close", |e| on(e, SERVER, "close", 1))?;
+    lab.wait_exit(first)?;
+    let (local, peer) = (addr(&close["local"])?, addr(&close["peer"])?);
+    let state = wait_for_state(lab, local, peer, "TIME_WAIT");
+    let table = Event::new(Kind::Summary)
+        .addrs(Some(local), Some(peer))
+        .state(state)
+        .note(note::TIME_WAIT_TABLE);
+    lab.emit(Role::Server, table);
+    ensure!(
+        state == Some("TIME_WAIT"),
+        "the server's side {local} → {peer} was {}, not TIME_WAIT",
+        state.unwrap_or("gone")
+    );
+    // The restart, on the very port: `serve` binds with the demo's port, so point it there.
+    lab.port = port;
+    let refused = lab.spawn(&["serve", "--port", &port.to_string(), "--no-reuseaddr"])?;
+    lab.expect_exit_code(refused, 1)?;
+    let failed = Event::new(Kind::Error)
+        .addrs(Some(local), None)
+        .errno(Some("EADDRINUSE"))
+        .detail("bind() failed (--no-reuseaddr)".to_string())
+        .note(note::BIND_TIME_WAIT);
+    lab.emit(Role::Server, failed);
+    let (second, _) = lab.serve(&["--mode", "blocking"])?;
+    lab.interrupt(second);
+    lab.wait_exit(second)?;
+    Ok(format!(
+        "the server closed first, so {local} → {peer} stayed in TIME_WAIT: a restart without SO_REUSEADDR failed EADDRINUSE, the one with it listened on port {port}"
+    ))
+}
+
+/// Poll the kernel's table (a condition, not an event) until the connection is in `want`.
+fn wait_for_state(
+    lab: &mut Lab,
+    local: SocketAddr,
+    peer: SocketAddr,
+    want: &str,
+) -> Option<&'static str> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut state = tcp_state::in_table(local, peer);
+    while state != Some(want) && Instant::now() < deadline {
+        lab.pause(Duration::from_millis(20));
+        state = tcp_state::in_table(local, peer);
+    }
+    state
 }
 
 fn addr(value: &Value) -> Result<SocketAddr> {
