@@ -145,3 +145,8 @@ a FIN";
 pub const WOULDBLOCK: &str = "the loop's wasted tries: every accept() and read() that found \
 nothing failed with EAGAIN (WouldBlock) at once, and the loop asked again. A blocking or poll \
 server would have slept instead";
+
+pub const SELECT_LIMIT: &str = "select() watches descriptors through an fd_set, a bitmap of \
+FD_SETSIZE (1024) bits: a descriptor at or above it cannot be put in the set (writing past the \
+bitmap is undefined behaviour), so the connection is accepted, told why, and closed. poll and \
+epoll have no such wall";
