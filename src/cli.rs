@@ -71,6 +71,8 @@ pub enum Mode {
     Process,
     /// One thread trying every non-blocking socket in a loop.
     Nonblocking,
+    /// One thread sleeping in select(2) over an fd_set rebuilt every turn.
+    Select,
     /// One thread sleeping in epoll/kqueue until a socket is ready.
     Poll,
 }
@@ -82,6 +84,7 @@ impl Mode {
             Mode::Threaded => "threaded",
             Mode::Process => "process",
             Mode::Nonblocking => "nonblocking",
+            Mode::Select => "select",
             Mode::Poll => "poll",
         }
     }

@@ -9,6 +9,7 @@
 //! | [`server::threaded`] | a thread per connection; shared descriptors; a panic is local | 03 |
 //! | [`server::echo`] | one connection's life: read, echo, and every way it ends | 01, 06, 07 |
 //! | [`server::nonblocking`] | one thread asking every socket: EAGAIN, and a core burnt on it | 04 |
+//! | [`server::select`] | one thread in select(2): the fd_set rebuilt each turn, the scan, the FD_SETSIZE wall | 05 |
 //! | [`server::poll`] | one thread sleeping in epoll/kqueue; oneshot re-arm; backpressure | 05, 11 |
 //! | [`server::event_loop`] | what a connection needs between turns: queued output, deadlines | 04, 05 |
 //! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |

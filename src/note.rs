@@ -149,3 +149,8 @@ server would have slept instead";
 pub const BIND_TIME_WAIT: &str = "bind() without SO_REUSEADDR failed EADDRINUSE: no server \
 listens on the port, but the last run's server closed first, so its side of that connection \
 sits in TIME_WAIT (~60 s) and still holds the port";
+
+pub const SELECT_LIMIT: &str = "select() watches descriptors through an fd_set, a bitmap of \
+FD_SETSIZE (1024) bits: a descriptor at or above it cannot be put in the set (writing past the \
+bitmap is undefined behaviour), so the connection is accepted, told why, and closed. poll and \
+epoll have no such wall";

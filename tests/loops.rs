@@ -1,4 +1,4 @@
-//! The single-threaded event loops (`nonblocking`, `poll`): what only they must get right.
+//! The single-threaded event loops (`nonblocking`, `select`, `poll`): what only they must get right.
 //! Nothing may wait in one thread, so descriptors running out, a peer that floods and never
 //! reads, idle peers and `--delay` are all handled by the loop itself, without sleeping,
 //! spinning or growing memory.
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 in_modes!(
-    [nonblocking, poll]
+    [nonblocking, select, poll]
     a_peer_that_floods_and_never_reads_leaves_memory_bounded,
     an_idle_connection_times_out_with_a_fin,
     delay_is_a_timer_so_delayed_echoes_overlap,
@@ -222,4 +222,41 @@ fn nonblocking_counts_its_wasted_tries_in_aggregated_events() {
     assert_eq!(second["stats"]["open"], 1, "{second}");
     let gap = second["ts"].as_f64().unwrap() - first["ts"].as_f64().unwrap();
     assert!(gap >= 0.9, "wouldblock events {gap:.2} s apart");
+}
+
+/// The FD_SETSIZE wall: with the open-files limit raised (the server inherits the test's),
+/// the server's descriptors pass 1023. The connection that lands there is accepted, told
+/// why, and closed (event `limit`); the connections below it are still echoed.
+#[test]
+fn select_turns_away_a_descriptor_past_fd_setsize_and_serves_the_rest() {
+    raise_open_files_limit(); // before the spawn: the server inherits it
+    let (mut server, port) = server("select", &["--quiet"]);
+    let mut peers: Vec<TcpStream> = (0..1030).map(|_| raw_peer(port)).collect();
+    let limit = server.expect("limit");
+    let n = limit["conn"].as_u64().expect("a connection number") as usize;
+    assert!(
+        limit["note"].as_str().unwrap().contains("FD_SETSIZE"),
+        "{limit}"
+    );
+    let fd: u64 = limit["detail"].as_str().unwrap()[3..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fd >= 1024, "{limit}");
+    let mut last = peers.remove(n - 1);
+    peers.truncate(n - 1); // the ones served
+    let mut told = Vec::new();
+    last.read_to_end(&mut told).unwrap(); // the message, then the FIN
+    assert_eq!(
+        told,
+        format!("server full: select() cannot watch fd {fd}\n").as_bytes()
+    );
+    let first = peers.first_mut().unwrap();
+    first.write_all(b"still here").unwrap();
+    assert_eq!(read_exactly(first, 10), b"still here");
+    let last_served = peers.last_mut().unwrap();
+    last_served.write_all(b"me too").unwrap();
+    assert_eq!(read_exactly(last_served, 6), b"me too");
 }

@@ -13,13 +13,13 @@ use common::*;
 
 // The models that serve several connections at once.
 in_modes!(
-    [threaded, process, nonblocking, poll]
+    [threaded, process, nonblocking, select, poll]
     max_conns_turns_newcomers_away_politely,
     delay_holds_up_only_its_own_connection
 );
 
 in_modes!(
-    [blocking, threaded, process, nonblocking, poll]
+    [blocking, threaded, process, nonblocking, select, poll]
     twenty_concurrent_clients_each_get_five_exact_echoes,
     a_16_mib_payload_is_echoed_byte_exact,
     only_blocking_makes_a_second_client_wait,
@@ -350,7 +350,7 @@ fn delay_holds_up_only_its_own_connection(mode: &str) {
 fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
     let (mut server, port) = server_with_fd_limit(mode, 64, &["--quiet"]);
     let peers: Vec<TcpStream> = (0..100).map(|_| raw_peer(port)).collect();
-    let runs_out = matches!(mode, "threaded" | "nonblocking" | "poll");
+    let runs_out = matches!(mode, "threaded" | "nonblocking" | "select" | "poll");
     if runs_out {
         assert_eq!(server.expect("error")["errno"], "EMFILE");
     } else if mode == "process" {

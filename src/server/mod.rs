@@ -23,6 +23,7 @@ pub mod event_loop;
 pub mod nonblocking;
 pub mod poll;
 pub mod process;
+pub mod select;
 pub mod threaded;
 
 /// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
@@ -93,6 +94,8 @@ pub struct Stats {
     pub loop_iterations: AtomicU64,
     /// Event loops only: calls that found nothing to do (EAGAIN), the cost of asking.
     pub wouldblock: AtomicU64,
+    /// Select mode only: descriptors examined over all select() calls (the scan).
+    pub scanned: AtomicU64,
 }
 
 impl Stats {
@@ -341,7 +344,7 @@ impl Connection {
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = Config::from_args(args);
     let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output).quiet(args.quiet);
-    if matches!(args.mode, Mode::Nonblocking | Mode::Poll) {
+    if matches!(args.mode, Mode::Nonblocking | Mode::Select | Mode::Poll) {
         // One thread serves everyone: it writes events out once per turn of its loop, not
         // once per event.
         out = out.buffered();
@@ -372,6 +375,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         Mode::Nonblocking => {
             nonblocking::run(&listener, &server).context("the nonblocking server failed")?
         }
+        Mode::Select => select::run(&listener, &server).context("the select server failed")?,
         Mode::Poll => poll::run(&listener, &server).context("the poll server failed")?,
     }
 
@@ -481,11 +485,17 @@ fn emit_summary(server: &Server) {
     summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
     // The event loops' cost: how often they went round, how many calls found nothing, and
     // the CPU time the whole process used.
-    if matches!(server.config.mode, Mode::Nonblocking | Mode::Poll) {
+    if matches!(
+        server.config.mode,
+        Mode::Nonblocking | Mode::Select | Mode::Poll
+    ) {
         summary = summary
             .stat("loop_iterations", Stats::get(&stats.loop_iterations))
             .stat("wouldblock", Stats::get(&stats.wouldblock))
             .stat("cpu_ms", cpu_ms());
+    }
+    if server.config.mode == Mode::Select {
+        summary = summary.stat("scanned", Stats::get(&stats.scanned));
     }
     server.out.emit(summary.note(note::SUMMARY));
     server.out.flush();
