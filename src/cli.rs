@@ -101,6 +101,11 @@ pub struct AddrArgs {
     pub port: u16,
 }
 
+/// The longest `--idle-timeout` or `--delay` accepted: a year. Why a cap at all? A deadline
+/// is `now + duration`, and a huge duration overflows `Instant` (a panic); refusing the value
+/// here gives one clear error instead.
+pub const YEAR_SECS: u64 = 365 * 24 * 60 * 60;
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The concurrency model.
@@ -111,8 +116,8 @@ pub struct ServeArgs {
     /// The listen backlog: how many finished handshakes the kernel queues before accept().
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(i32).range(1..=65535))]
     pub backlog: i32,
-    /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s).
-    #[arg(long, value_name = "MS")]
+    /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s). At most a year.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS * 1000))]
     pub delay: Option<u64>,
     /// A message equal to this word closes the connection without an echo.
     #[arg(long, value_name = "WORD", default_value = "Bye")]
@@ -133,8 +138,8 @@ pub struct ServeArgs {
     /// Above N open connections, tell a newcomer `server full` and close it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,
-    /// Close a connection that has been idle this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Close a connection that has been idle this many seconds. At most a year.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=YEAR_SECS))]
     pub idle_timeout: Option<u64>,
     /// Bind without SO_REUSEADDR, as a program that never sets it: right after a run whose
     /// server closed first, bind() fails EADDRINUSE while that TIME_WAIT lasts (~60 s).
