@@ -80,14 +80,15 @@ peer learns nothing of the crash itself";
 
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
-anything unsent. The peer's next read fails ECONNRESET; nobody keeps a TIME_WAIT";
+anything unsent. The peer's next call, read or write, fails ECONNRESET; nobody keeps a TIME_WAIT";
 
 pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
-sends an RST instead of a FIN and discards the data. The peer's read fails ECONNRESET";
+sends an RST instead of a FIN and discards the data. The peer's next read or write fails ECONNRESET";
 
 pub const RESET: &str =
     "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
-it never read, or we wrote after it was gone). The connection is destroyed at once";
+it never read, or we wrote after it was gone). The connection is destroyed at once; the first call \
+after an RST, read or write, reports it, and later writes fail EPIPE";
 
 pub const BROKEN_PIPE: &str =
     "write() failed EPIPE: the connection is already dead (its FIN came, and \

@@ -461,3 +461,70 @@ fn completions_are_generated_for_each_shell() {
     let output = run(&["completions".into(), "cmd.exe".into()]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Claims that need two terminals (a server and a client), so no console block can run them:
+// each test runs the lesson's own commands and checks what the lesson says about them.
+
+/// Lesson 7, part 3: `serve --reset-after 1` and `client --count 3`. The first call after the
+/// RST fails ECONNRESET, whether it is a read or a write: usually the write of `message 2`
+/// (the RST came right behind the echo), now and then the read after it (the write won the
+/// race). Never EPIPE on that first call.
+#[test]
+fn lesson_07_the_first_call_after_an_rst_fails_econnreset_read_or_write() {
+    use common::{client, server};
+    let (_server, port) = server("poll", &["--reset-after", "1"]);
+    let mut client = client(port, &["--count", "3"]);
+    let echo = client.expect("recv");
+    assert_eq!(echo["data"], "message 1\\n");
+    let reset = client.expect("reset");
+    assert_eq!(reset["errno"], "ECONNRESET", "{}", client.history());
+    let status = client.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", client.history());
+    let sent_second = client
+        .seen
+        .iter()
+        .any(|e| e["kind"] == "send" && e["data"] == "message 2\\n");
+    match reset["detail"].as_str() {
+        Some("write() failed") => assert!(!sent_second, "{}", client.history()),
+        Some("read() failed") => assert!(sent_second, "{}", client.history()),
+        other => panic!("reset during {other:?}: {}", client.history()),
+    }
+    assert!(
+        client.position("broken_pipe", None).is_none(),
+        "EPIPE before ECONNRESET: {}",
+        client.history()
+    );
+}
+
+/// Lesson 7, "The RST": the error is reported once. After an RST, the first write fails
+/// ECONNRESET, the next EPIPE, and a read returns 0.
+#[test]
+fn lesson_07_an_rst_is_reported_once_then_writes_fail_epipe_and_reads_return_0() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (theirs, _) = listener.accept().unwrap();
+    let theirs = socket2::Socket::from(theirs);
+    theirs.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(theirs); // close() with SO_LINGER 0: an RST
+                  // Wait (bounded) until the RST has arrived: the socket reports an error condition.
+    let mut fds = libc::pollfd {
+        fd: ours.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, on a socket we own, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut fds, 1, 10_000) };
+    assert_eq!(ready, 1, "no RST within 10 s");
+    assert_ne!(fds.revents & libc::POLLERR, 0);
+
+    let first = ours.write(b"message 2\n").unwrap_err();
+    assert_eq!(first.raw_os_error(), Some(libc::ECONNRESET), "{first}");
+    let second = ours.write(b"message 3\n").unwrap_err();
+    assert_eq!(second.kind(), ErrorKind::BrokenPipe, "{second}");
+    assert_eq!(ours.read(&mut [0; 16]).unwrap(), 0);
+}
