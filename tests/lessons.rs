@@ -528,3 +528,68 @@ fn lesson_07_an_rst_is_reported_once_then_writes_fail_epipe_and_reads_return_0()
     assert_eq!(second.kind(), ErrorKind::BrokenPipe, "{second}");
     assert_eq!(ours.read(&mut [0; 16]).unwrap(), 0);
 }
+
+/// The server's end of the connection from `peer_port` to `server_port` in the kernel's table
+/// (/proc/net/tcp, what `ss` reads): its state (hex, `01` is ESTABLISHED) and its Recv-Q.
+fn server_side(server_port: u16, peer_port: u16) -> Option<(String, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let wanted = (
+        format!("0100007F:{server_port:04X}"),
+        format!("0100007F:{peer_port:04X}"),
+    );
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if (fields.get(1)?, fields.get(2)?) != (&wanted.0.as_str(), &wanted.1.as_str()) {
+            return None;
+        }
+        let rx_queue = fields.get(4)?.split(':').nth(1)?;
+        Some((
+            fields.get(3)?.to_string(),
+            u64::from_str_radix(rx_queue, 16).ok()?,
+        ))
+    })
+}
+
+/// Wait (bounded) until the server's end of a queued connection is ESTABLISHED with
+/// `unread` bytes in its receive queue.
+fn await_queued(server_port: u16, peer_port: u16, unread: u64) {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while server_side(server_port, peer_port) != Some(("01".into(), unread)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's end of :{peer_port} never held {unread} unread bytes: {:?}",
+            server_side(server_port, peer_port)
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Lesson 6, "Stopping with clients still queued" (lesson 1's question): Ctrl-C on the
+/// blocking server while B (which sent a line) and C (silent) are queued. B gets an RST (the
+/// server closed it with B's line unread), C and the served A get a FIN.
+#[test]
+fn lesson_06_a_stopped_server_resets_a_queued_client_that_sent_data_and_fins_a_silent_one() {
+    use std::io::{Read, Write};
+    let (mut server, port) = common::server("blocking", &[]);
+    let mut a = common::raw_peer(port);
+    a.write_all(b"A\n").unwrap();
+    assert_eq!(common::read_exactly(&mut a, 2), b"A\n"); // A is being served
+    server.expect_conn("send", 1);
+    let mut b = common::raw_peer(port);
+    b.write_all(b"B\n").unwrap();
+    let mut c = common::raw_peer(port);
+    await_queued(port, b.local_addr().unwrap().port(), 2);
+    await_queued(port, c.local_addr().unwrap().port(), 0);
+
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success(), "{}", server.history());
+    let mut buf = [0u8; 16];
+    assert_eq!(a.read(&mut buf).unwrap(), 0, "A: a FIN");
+    let b_read = b.read(&mut buf);
+    assert_eq!(
+        b_read.as_ref().map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ECONNRESET)),
+        "B, queued with 2 bytes unread: an RST"
+    );
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "C, queued and silent: a FIN");
+}
