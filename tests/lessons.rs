@@ -593,3 +593,58 @@ fn lesson_06_a_stopped_server_resets_a_queued_client_that_sent_data_and_fins_a_s
     );
     assert_eq!(c.read(&mut buf).unwrap(), 0, "C, queued and silent: a FIN");
 }
+
+/// Lesson 0: `client --count 2 --bye` against the blocking server. The state beside `send
+/// "Bye\n"` is read after the call: ESTABLISHED, or already CLOSE_WAIT when the server's FIN
+/// came first; the `eof` is CLOSE_WAIT; the server closes on the bye word without echoing it.
+#[test]
+fn lesson_00_the_state_beside_send_bye_is_read_after_the_call() {
+    let (mut server, port) = common::server("blocking", &[]);
+    for conn in 1..=3u64 {
+        let mut client = common::client(port, &["--count", "2", "--bye"]);
+        let bye = client.expect_where("send", |e| e["data"] == "Bye\\n");
+        assert!(
+            ["ESTABLISHED", "CLOSE_WAIT"].contains(&bye["tcp_state"].as_str().unwrap_or("")),
+            "{bye}"
+        );
+        let eof = client.expect("eof");
+        assert_eq!(eof["tcp_state"], "CLOSE_WAIT");
+        client.expect("close");
+        assert!(client.wait_exit().success(), "{}", client.history());
+        server.expect_where("recv", |e| e["conn"] == conn && e["data"] == "Bye\\n");
+        server.expect_conn("close", conn);
+        let echoed_bye = server
+            .seen
+            .iter()
+            .any(|e| e["kind"] == "send" && e["conn"] == conn && e["data"] == "Bye\\n");
+        assert!(!echoed_bye, "the bye word was echoed: {}", server.history());
+    }
+}
+
+/// Lesson 8: `client --send hello --send world --half-close` against `serve --delay 1000`.
+/// The shutdown's state is FIN_WAIT1, or (a race) FIN_WAIT2 or CLOSE when the server's answer
+/// came before tcp-lab looked; every byte comes back, in one read or two; then EOF.
+#[test]
+fn lesson_08_a_half_closed_client_still_reads_every_echo_then_eof() {
+    let (_server, port) = common::server("poll", &["--delay", "1000"]);
+    let mut client = common::client(
+        port,
+        &["--send", "hello", "--send", "world", "--half-close"],
+    );
+    let shutdown = client.expect("shutdown");
+    assert!(
+        ["FIN_WAIT1", "FIN_WAIT2", "CLOSE"].contains(&shutdown["tcp_state"].as_str().unwrap_or("")),
+        "{shutdown}"
+    );
+    client.expect("eof");
+    assert!(client.wait_exit().success(), "{}", client.history());
+    let echoed: String = client
+        .seen
+        .iter()
+        .filter(|e| e["kind"] == "recv")
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(echoed, "hello\\nworld\\n");
+    let after_shutdown = client.position("shutdown", None).unwrap();
+    assert!(client.position("recv", None).unwrap() > after_shutdown);
+}
