@@ -648,3 +648,37 @@ fn lesson_08_a_half_closed_client_still_reads_every_echo_then_eof() {
     let after_shutdown = client.position("shutdown", None).unwrap();
     assert!(client.position("recv", None).unwrap() > after_shutdown);
 }
+
+/// Lesson 0, "Things to try": a second server on a port in use says so in one line and exits 1.
+#[test]
+fn lesson_00_a_second_server_on_a_port_in_use_exits_1_with_one_line() {
+    let (_first, port) = common::server("poll", &[]);
+    let output = Command::new(BIN)
+        .args(["serve", "--port", &port.to_string()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second server");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "tcp-lab: error: 127.0.0.1:{port} is already in use — is another server running? \
+try --port 0\n"
+        )
+    );
+}
+
+/// Lessons 0 and 7: a client with nobody listening is refused at once, exit 1, and the hint
+/// names a port a normal user can serve on (the same one).
+#[test]
+fn lesson_00_a_client_with_no_server_is_refused_at_once() {
+    let (_held, port) = common::unused_port();
+    let mut client = common::client(port, &[]);
+    let refused = client.expect("refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    assert_eq!(client.wait_exit().code(), Some(1));
+    assert!(client.stderr_text().contains(&format!(
+        "is the server running? start one with `tcp-lab serve --port {port}`"
+    )));
+}
