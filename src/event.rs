@@ -145,6 +145,9 @@ pub struct Event {
     pub errno: Option<&'static str>,
     /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
     pub detail: Option<String>,
+    /// The process id, on `listen`: so a learner can point strace, ss -p or pstree at this
+    /// very server, and not at someone else's on a shared machine.
+    pub pid: Option<u32>,
     /// Counters, on `summary` events.
     pub stats: Vec<(&'static str, Value)>,
     /// What happened on the wire and in the kernel, and why.
@@ -164,6 +167,7 @@ impl Event {
             tcp_state: None,
             errno: None,
             detail: None,
+            pid: None,
             stats: Vec::new(),
             note: Cow::Borrowed(""),
         }
@@ -201,6 +205,11 @@ impl Event {
 
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn pid(mut self, pid: u32) -> Event {
+        self.pid = Some(pid);
         self
     }
 
@@ -252,6 +261,9 @@ impl Event {
         }
         if let Some(detail) = &e.detail {
             obj.insert("detail".into(), detail.clone().into());
+        }
+        if let Some(pid) = e.pid {
+            obj.insert("pid".into(), pid.into());
         }
         if !e.stats.is_empty() {
             let stats: Map<String, Value> = e
@@ -522,6 +534,9 @@ fn text_facts(e: &Event) -> Vec<String> {
     }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());
+    }
+    if let Some(pid) = e.pid {
+        facts.push(format!("pid {pid}"));
     }
     for (name, value) in &e.stats {
         facts.push(format!("{}={}", name.replace('_', " "), value));

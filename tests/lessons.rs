@@ -682,3 +682,34 @@ fn lesson_00_a_client_with_no_server_is_refused_at_once() {
         "is the server running? start one with `tcp-lab serve --port {port}`"
     )));
 }
+
+/// Lessons 0–5 point strace, pstree and /proc at the server by the pid in its `listen` line:
+/// JSON `pid`, text `pid N`, in every mode, and it is the server's own process.
+#[test]
+fn lesson_00_the_listen_event_gives_the_servers_own_pid() {
+    for mode in common::MODES {
+        let (server, _port) = common::server(mode, &[]);
+        let listen = &server.seen[0];
+        assert_eq!(listen["kind"], "listen");
+        assert_eq!(listen["pid"], server.child.id(), "{mode}: {listen}");
+    }
+    let mut text = Command::new(BIN)
+        .args(["serve", "--port", "0", "--color", "never", "--no-explain"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn a text server");
+    let pid = text.id();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(text.stdout.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    let _ = text.kill();
+    let _ = text.wait();
+    assert!(
+        first_line.contains("listen") && first_line.contains(&format!("  pid {pid}  [LISTEN]")),
+        "{first_line}"
+    );
+}
