@@ -209,7 +209,7 @@ pub struct LessonArgs {
     /// The lesson's number (`6`, `06`) or name (`close`); without it, the list.
     #[arg(value_name = "N|NAME")]
     pub lesson: Option<String>,
-    /// Format headings and code for a terminal.
+    /// Colour the headings, commands and code (the layout is the same either way).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }

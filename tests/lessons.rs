@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::BIN;
 use tcp_lab::cli::Cli;
-use tcp_lab::lesson::LESSONS;
+use tcp_lab::lesson::{render, render_lines, LESSONS};
 
 /// The bound on one console command (demos included). A passing run is far below it.
 const COMMAND_WAIT: Duration = Duration::from_secs(90);
@@ -424,11 +424,23 @@ fn shell_lines_split_like_a_shell() {
 }
 
 #[test]
-fn a_lesson_piped_is_printed_exactly_as_written() {
+fn a_lesson_piped_is_drawn_at_80_columns_without_colour() {
+    colored::control::set_override(false);
     for lesson in LESSONS {
         let by_number = run(&["lesson".into(), lesson.number.to_string()]);
         assert!(by_number.status.success());
-        assert_eq!(String::from_utf8_lossy(&by_number.stdout), lesson.text);
+        let shown = String::from_utf8_lossy(&by_number.stdout);
+        assert_eq!(shown, render(lesson.text, 80), "{}", lesson.file_name());
+        assert!(
+            !shown.contains("\x1b["),
+            "{}: colour in a pipe",
+            lesson.file_name()
+        );
+        assert!(
+            !shown.contains("```"),
+            "{}: a code fence",
+            lesson.file_name()
+        );
     }
     let by_name = run(&[
         "lesson".into(),
@@ -444,6 +456,38 @@ fn a_lesson_piped_is_printed_exactly_as_written() {
     assert!(
         !shown.contains("```"),
         "code fences should be drawn, not printed"
+    );
+}
+
+/// Every lesson drawn at 80 columns: no line of prose, list or table wider than 80 (code
+/// blocks are kept as written; the lessons keep them within 80 where a command allows).
+#[test]
+fn every_lesson_drawn_at_80_columns_fits_except_code() {
+    colored::control::set_override(false);
+    let mut code_too_wide = Vec::new();
+    for lesson in LESSONS {
+        for line in render_lines(lesson.text, 80) {
+            let width = textwrap::core::display_width(&line.text);
+            if line.code {
+                if width > 80 {
+                    code_too_wide.push(format!("{}: {width}", lesson.file_name()));
+                }
+                continue;
+            }
+            assert!(
+                width <= 80,
+                "{}: a line of {width} columns at width 80:\n{}",
+                lesson.file_name(),
+                line.text
+            );
+        }
+    }
+    // What is left wider than 80 is commands that cannot be split and long error lines:
+    // few, and counted so that it does not grow unnoticed.
+    assert!(
+        code_too_wide.len() <= 30,
+        "{} code lines wider than 80: {code_too_wide:?}",
+        code_too_wide.len()
     );
 }
 
