@@ -617,7 +617,8 @@ mod tests {
                 "not fit on one line",
                 "of twenty",
                 "",
-                "  tcp-lab serve --mode blocking --no-explain",
+                // Wider than the width: not wrapped, and not indented either.
+                "tcp-lab serve --mode blocking --no-explain",
             ]
         );
         assert!(lines.last().unwrap().code);
