@@ -696,12 +696,12 @@ fn byte_stream(lab: &mut Lab) -> Result<String> {
     let port = listener.local_addr()?.port();
     let three = ["--send", "one", "--send", "two", "--send", "three"];
     lab.client(port, &[&three[..], &["--half-close"]].concat())?;
-    let mut conn = raw_accept(lab, &listener)?;
-    // The client writes three times before we read at all: its shutdown proves all three
-    // are in our receive buffer.
+    // The client writes three times before we accept or read at all: its shutdown proves
+    // all three are in our receive buffer (the kernel queued them on the unaccepted socket).
     lab.wait("the client's shutdown(Write)", |e| {
         is(e, CLIENT, "shutdown")
     })?;
+    let mut conn = raw_accept(lab, &listener)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = conn.stream.read(&mut buf).context("read() failed")?;
     let recv = conn.event(Kind::Recv).payload(&buf[..n]);
