@@ -621,6 +621,7 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
                 theirs.iter().copied().find(|&i| {
                     kinds.iter().any(|k| events[i]["kind"] == *k)
                         && events[i]["note"] != crate::note::CLOSE_SHARED
+                        && !is(&events[i], CLIENT, "timeout") // gave up waiting: sent nothing
                 })
             };
             let mut received = 0;
