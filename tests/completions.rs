@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::BIN;
@@ -29,7 +29,7 @@ fn script(shell: &str, test: &str) -> PathBuf {
 }
 
 /// What bash offers for the words `line` (the last one being completed), as a list.
-fn bash_offers(script: &PathBuf, line: &[&str]) -> Vec<String> {
+fn bash_offers(script: &Path, line: &[&str]) -> Vec<String> {
     let words: Vec<String> = line.iter().map(|w| format!("'{w}'")).collect();
     let cword = line.len() - 1;
     let cur = line[cword];
