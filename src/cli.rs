@@ -42,7 +42,7 @@ pub enum Command {
     /// Run a scenario: a real server and client(s) on 127.0.0.1, one phenomenon made to
     /// happen on purpose, drawn as one ladder diagram, then checked.
     #[command(after_help = "Examples:\n  \
-        tcp-lab demo --list                       # every scenario, with what it shows\n  \
+        tcp-lab demo                              # every scenario, with what it shows\n  \
         tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
         tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
         tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
@@ -204,8 +204,9 @@ pub struct ClientArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The scenario to run (the names are attached in [`crate::command`], which knows the demos).
-    #[arg(value_name = "NAME", required_unless_present = "list")]
+    /// The scenario to run; without it, the list (the names are attached in
+    /// [`crate::command`], which knows the demos).
+    #[arg(value_name = "NAME")]
     pub name: Option<String>,
     /// List the scenarios, one a line: its name, then what it shows.
     #[arg(long, conflicts_with = "name")]

@@ -176,3 +176,10 @@ data; the server's next read or write fails ECONNRESET";
 pub const CLOSE_CTRL_C_AFTER_FIN: &str =
     "Ctrl-C after our FIN already went out: the kernel closes \
 the socket for the exiting client and sends nothing new";
+
+pub const EOF_NAIVE_DEMO: &str =
+    "read() returned 0: the server's FIN, which had arrived some 300 ms \
+earlier, while this naive client sat blocked reading its stdin (a pipe: the demo types each line \
+into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
+into that closed connection still succeeded (into our kernel); the server's kernel answered it \
+with an RST, so the next write fails EPIPE";

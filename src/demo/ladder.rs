@@ -510,7 +510,8 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         Kind::Exit => vec![label("exit")],
         Kind::WouldBlock => vec![label("WouldBlock")],
         Kind::Error => vec![label("error"), plain(errno.to_string())],
-        Kind::Stop => vec![label("Ctrl-C: stop")],
+        // Every stop in a demo is the demo's doing: it sends the server SIGINT.
+        Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
     };
     if let Some(data) = e["data"].as_str() {
