@@ -314,6 +314,9 @@ pub struct Output {
     flush_each: bool,
     /// Columns to wrap notes at.
     width: usize,
+    /// `client --name`: shown instead of the role in text, and as JSON `name`, so two
+    /// clients printing to one terminal can be told apart.
+    name: Option<String>,
     start: Instant,
     sink: Mutex<BufWriter<Stdout>>,
 }
@@ -330,6 +333,7 @@ impl Output {
             quiet: false,
             flush_each: true,
             width: note_width(),
+            name: None,
             start: Instant::now(),
             sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
         };
@@ -342,6 +346,12 @@ impl Output {
     /// Drop per-message events (`--quiet`).
     pub fn quiet(mut self, quiet: bool) -> Output {
         self.quiet = quiet;
+        self
+    }
+
+    /// Label every event with `name` (`client --name`).
+    pub fn named(mut self, name: Option<String>) -> Output {
+        self.name = name;
         self
     }
 
@@ -405,9 +415,11 @@ impl Output {
 
     fn json_line(&self, e: &Event) -> String {
         let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        let mut line = e
-            .to_json(ts, self.role, self.mode, self.explain)
-            .to_string();
+        let mut json = e.to_json(ts, self.role, self.mode, self.explain);
+        if let (Some(name), Value::Object(obj)) = (&self.name, &mut json) {
+            obj.shift_insert(2, "name".into(), name.as_str().into()); // after ts and role
+        }
+        let mut line = json.to_string();
         line.push('\n');
         line
     }
@@ -416,9 +428,10 @@ impl Output {
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
         let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let who = self.name.as_deref().unwrap_or(self.role.name());
         let who = match e.conn {
-            Some(id) => format!("{} #{id}", self.role.name()),
-            None => self.role.name().to_string(),
+            Some(id) => format!("{who} #{id}"),
+            None => who.to_string(),
         };
         let mut facts = text_facts(e);
         // The state stands apart from the facts, by two spaces even when it is alone.
