@@ -145,6 +145,12 @@ pub struct Event {
     pub errno: Option<&'static str>,
     /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
     pub detail: Option<String>,
+    /// Bytes left unread in our receive buffer when we closed: the kernel discarded them
+    /// and sent an RST instead of a FIN.
+    pub unread: Option<usize>,
+    /// Bytes we read but did not echo: the bye word's line and whatever followed it in
+    /// the same read.
+    pub discarded: Option<usize>,
     /// Counters, on `summary` events.
     pub stats: Vec<(&'static str, Value)>,
     /// What happened on the wire and in the kernel, and why.
@@ -164,6 +170,8 @@ impl Event {
             tcp_state: None,
             errno: None,
             detail: None,
+            unread: None,
+            discarded: None,
             stats: Vec::new(),
             note: Cow::Borrowed(""),
         }
@@ -201,6 +209,16 @@ impl Event {
 
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn unread(mut self, bytes: usize) -> Event {
+        self.unread = Some(bytes);
+        self
+    }
+
+    pub fn discarded(mut self, bytes: usize) -> Event {
+        self.discarded = Some(bytes);
         self
     }
 
@@ -252,6 +270,12 @@ impl Event {
         }
         if let Some(detail) = &e.detail {
             obj.insert("detail".into(), detail.clone().into());
+        }
+        if let Some(unread) = e.unread {
+            obj.insert("unread".into(), unread.into());
+        }
+        if let Some(discarded) = e.discarded {
+            obj.insert("discarded".into(), discarded.into());
         }
         if !e.stats.is_empty() {
             let stats: Map<String, Value> = e
@@ -522,6 +546,12 @@ fn text_facts(e: &Event) -> Vec<String> {
     }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());
+    }
+    if let Some(unread) = e.unread {
+        facts.push(format!("{unread} bytes unread"));
+    }
+    if let Some(discarded) = e.discarded {
+        facts.push(format!("{discarded} bytes discarded"));
     }
     for (name, value) in &e.stats {
         facts.push(format!("{}={}", name.replace('_', " "), value));

@@ -48,3 +48,31 @@ fn defect_1_a_huge_idle_timeout_or_delay_is_refused_with_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    defect_2_a_peer_that_sends_and_never_reads_is_reaped_at_the_idle_timeout,
+);
+
+/// A peer that floods and never reads fills our send buffer; the stalled write must not
+/// outlive `--idle-timeout` (it did in blocking, threaded and process: echo() went round
+/// WouldBlock for ever, and blocking mode served nobody else). Afterwards the server serves.
+fn defect_2_a_peer_that_sends_and_never_reads_is_reaped_at_the_idle_timeout(mode: &str) {
+    let (mut server, port) = server(mode, &["--idle-timeout", "1", "--quiet"]);
+    let (stop, flooder) = flood(raw_peer(port));
+    let timeout = server.expect_conn("timeout", 1);
+    let idle = timeout["detail"].as_str().unwrap_or_default().to_string();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, _) = flooder.join().unwrap();
+    assert!(sent > 1 << 20, "the flood sent only {sent} bytes");
+    assert!(
+        idle.starts_with("idle 1.") || idle.starts_with("idle 2."),
+        "{idle}"
+    );
+
+    let mut next = raw_peer(port);
+    next.write_all(b"still here").unwrap();
+    assert_eq!(read_exactly(&mut next, 10), b"still here");
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success(), "{}", server.stderr_text());
+}

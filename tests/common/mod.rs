@@ -366,3 +366,38 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// A peer that sends and never reads (`while 1: s.sendall(b'x' * 65536)`), on its own
+/// thread until the connection dies or the returned flag is set. The join handle gives the
+/// bytes it sent and the error that ended it (None: stopped by the flag).
+pub fn flood(
+    stream: TcpStream,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread::JoinHandle<(u64, Option<std::io::Error>)>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop_seen = std::sync::Arc::clone(&stop);
+    let handle = thread::spawn(move || {
+        let mut stream = stream;
+        stream
+            .set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let chunk = vec![b'x'; 65536];
+        let mut sent = 0u64;
+        while !stop_seen.load(Ordering::Relaxed) {
+            match stream.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return (sent, Some(e)),
+            }
+        }
+        (sent, None)
+    });
+    (stop, handle)
+}
