@@ -76,3 +76,133 @@ fn defect_2_a_peer_that_sends_and_never_reads_is_reaped_at_the_idle_timeout(mode
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success(), "{}", server.stderr_text());
 }
+
+/// The notes tcp-lab prints for these closes (src/note.rs), as the learner reads them.
+const RST_WORDS: &str = "sends an RST";
+
+fn is_reset(result: &std::io::Result<()>) -> bool {
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    defect_3_the_idle_timeout_of_a_peer_that_never_reads_says_rst_as_the_kernel_does,
+);
+
+in_modes!(
+    [threaded, process, nonblocking, select, poll]
+    defect_3_max_conns_turning_away_a_newcomer_that_spoke_first_says_rst,
+);
+
+/// The stalled peer's bytes sit unread in our receive buffer when the timeout closes it:
+/// the kernel sends an RST (TCPAbortOnClose rises, the peer's read ends in ECONNRESET),
+/// and the `timeout` event must say so, with how many bytes were unread.
+fn defect_3_the_idle_timeout_of_a_peer_that_never_reads_says_rst_as_the_kernel_does(mode: &str) {
+    let (mut server, port) = server(mode, &["--idle-timeout", "1", "--quiet"]);
+    let mut peer = raw_peer(port);
+    let (stop, flooder) = flood(peer.try_clone().unwrap());
+    let aborts_before = tcp_ext("TCPAbortOnClose");
+    let timeout = server.expect_conn("timeout", 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The RST's ECONNRESET is reported once, to whichever call comes first: the flooder's
+    // write, or else our read (then 0).
+    let (_, write_error) = flooder.join().unwrap();
+    let ended = match write_error {
+        Some(e) => Err(e),
+        None => read_to_end_or_error(&mut peer).1,
+    };
+    let aborts = tcp_ext("TCPAbortOnClose") - aborts_before;
+    assert!(
+        is_reset(&ended),
+        "the peer's calls ended {ended:?}, not ECONNRESET"
+    );
+    assert!(aborts >= 1, "TCPAbortOnClose rose by {aborts}");
+    let unread = timeout["unread"].as_u64().unwrap_or(0);
+    assert!(unread > 0, "no unread bytes reported: {timeout}");
+    let note = timeout["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(RST_WORDS) && !note.contains("sends our FIN"),
+        "{note}"
+    );
+}
+
+/// Over --max-conns, a newcomer that already sent bytes is closed with them unread: RST.
+/// One that said nothing gets the FIN. Each event's note says which.
+fn defect_3_max_conns_turning_away_a_newcomer_that_spoke_first_says_rst(mode: &str) {
+    let (mut server, port) = server(mode, &["--max-conns", "1"]);
+    let mut first = raw_peer(port);
+    first.write_all(b"hi").unwrap();
+    assert_eq!(read_exactly(&mut first, 2), b"hi");
+    let (mut talker, mut silent) = {
+        // Both queue while the server is stopped, so the talker's bytes are there before
+        // accept() (as when many clients arrive at once), and the silent one's are not.
+        let _paused = Paused::new(server.child.id());
+        let mut talker = raw_peer(port);
+        talker.write_all(b"hello?").unwrap();
+        (talker, raw_peer(port))
+    };
+    let said_rst = server.expect_where("limit", |e| e["unread"].as_u64() == Some(6));
+    let said_fin = server.expect_where("limit", |e| e["unread"].is_null());
+
+    let (got, ended) = read_to_end_or_error(&mut talker);
+    assert_eq!(got, b"server full\n");
+    assert!(
+        is_reset(&ended),
+        "the talker's read ended {ended:?}, not ECONNRESET"
+    );
+    assert!(
+        said_rst["note"].as_str().unwrap().contains(RST_WORDS),
+        "{said_rst}"
+    );
+    let (got, ended) = read_to_end_or_error(&mut silent);
+    assert_eq!(got, b"server full\n");
+    assert!(
+        ended.is_ok(),
+        "the silent peer's read ended {ended:?}, not EOF"
+    );
+    assert!(
+        said_fin["note"].as_str().unwrap().contains("with a FIN"),
+        "{said_fin}"
+    );
+}
+
+/// Blocking mode stopped with connections still queued: each is accepted only to be
+/// closed. The one that had sent bytes gets an RST and its event says so; the silent one
+/// gets a FIN.
+#[test]
+fn defect_3_blocking_stop_with_queued_talkers_says_rst() {
+    let (mut server, port) = server("blocking", &[]);
+    let mut served = raw_peer(port);
+    served.write_all(b"x").unwrap();
+    assert_eq!(read_exactly(&mut served, 1), b"x");
+    let mut talker = raw_peer(port);
+    talker.write_all(b"waiting").unwrap();
+    let mut silent = raw_peer(port);
+    let aborts_before = tcp_ext("TCPAbortOnClose");
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success(), "{}", server.stderr_text());
+
+    let talker_addr = talker.local_addr().unwrap().to_string();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (_, ended) = read_to_end_or_error(&mut talker);
+    assert!(
+        is_reset(&ended),
+        "the talker's read ended {ended:?}, not ECONNRESET"
+    );
+    let (_, ended) = read_to_end_or_error(&mut silent);
+    assert!(
+        ended.is_ok(),
+        "the silent peer's read ended {ended:?}, not EOF"
+    );
+    let aborts = tcp_ext("TCPAbortOnClose") - aborts_before;
+    assert!(aborts >= 1, "TCPAbortOnClose rose by {aborts}");
+
+    let talker_event = server.expect_where("abort", |e| e["peer"] == talker_addr.as_str());
+    assert_eq!(talker_event["unread"], 7, "{talker_event}");
+    assert!(talker_event["note"].as_str().unwrap().contains(RST_WORDS));
+    let silent_event = server.expect_where("close", |e| e["peer"] == silent_addr.as_str());
+    assert!(silent_event["note"]
+        .as_str()
+        .unwrap()
+        .contains("with a FIN"));
+}

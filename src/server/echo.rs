@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 
 use super::{Connection, Server, Stats, TICK};
-use crate::event::Kind;
+use crate::event::{Event, Kind};
 use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 
@@ -190,13 +190,11 @@ fn echo(conn: &Connection, message: &[u8], server: &Server, last_progress: &mut 
 }
 
 /// `--idle-timeout`: nothing moved either way for that long.
-fn time_out(conn: Connection, server: &Server, idle_for: Duration) {
+pub fn time_out(conn: Connection, server: &Server, idle_for: Duration) {
     let event = conn
         .event(Kind::Timeout)
-        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
-        .note(note::TIMEOUT);
-    drop(conn); // close(): the FIN goes out
-    server.out.emit(event);
+        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()));
+    close_reporting(conn, server, event, note::TIMEOUT);
 }
 
 /// What goes back for `message` (the bytes before any bye word): the message itself, or
@@ -223,17 +221,28 @@ pub fn bye_at(message: &[u8], bye_word: &str) -> Option<usize> {
     None
 }
 
-/// close(): the kernel sends our FIN.
+/// close(): the kernel sends our FIN (an RST if input is left unread).
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
-    // Only the last copy's close sends the FIN (`--parent-keeps-fd`).
-    let why = if server.config.copy_held_elsewhere {
-        note::CLOSE_SHARED
-    } else {
-        why
-    };
-    let event = conn.event_closed(Kind::Close).note(why);
-    drop(conn); // the descriptor is closed here: the FIN is on its way when we say so
-    server.out.emit(event);
+    let event = conn.event_closed(Kind::Close);
+    close_reporting(conn, server, event, why);
+}
+
+/// Every close the server decides goes through here: close(), then `event` with the note
+/// that says what the kernel sent. `fin_note` if nothing was left unread; if the peer's bytes
+/// still sit in our receive buffer, the kernel discards them and sends an RST instead, and
+/// the event says so (`unread`, and the RST version of the note).
+pub fn close_reporting(conn: Connection, server: &Server, event: Event, fin_note: &'static str) {
+    // Only the last copy's close sends anything (`--parent-keeps-fd`).
+    if server.config.copy_held_elsewhere {
+        drop(conn);
+        return server.out.emit(event.note(note::CLOSE_SHARED));
+    }
+    let unread = conn.unread();
+    drop(conn); // the descriptor is closed here: the FIN (or RST) is on its way when we say so
+    server.out.emit(match unread {
+        0 => event.note(fin_note),
+        n => super::with_unread(event, n, fin_note),
+    });
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.

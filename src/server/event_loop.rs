@@ -293,16 +293,11 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
         End::Close(why) => echo::close(conn, server, why),
         End::Abort => echo::abort(conn, server),
         End::Crash => {
+            // close(), without a word: the kernel sends the FIN (RST over unread bytes)
             let event = conn.event_closed(Kind::Close).detail("handler crashed");
-            drop(conn); // close(), without a word: the kernel sends the FIN
-            server.out.emit(event.note(note::CLOSE_CRASH));
+            echo::close_reporting(conn, server, event, note::CLOSE_CRASH);
         }
-        End::Timeout(idle_for) => {
-            let event = conn.event(Kind::Timeout);
-            let detail = format!("idle {:.1} s", idle_for.as_secs_f64());
-            drop(conn); // close(): the FIN goes out
-            server.out.emit(event.detail(detail).note(note::TIMEOUT));
-        }
+        End::Timeout(idle_for) => echo::time_out(conn, server, idle_for),
         End::Dead => drop(conn),
     }
     server.finished();

@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -189,18 +190,17 @@ impl Server {
     }
 
     /// Over `--max-conns`: the kernel already accepted the connection for us, so the polite
-    /// answer is to say why and close (a FIN), rather than leave the peer waiting.
+    /// answer is to say why and close (a FIN, or an RST if it spoke first), rather than
+    /// leave the peer waiting.
     pub fn turn_away(&self, conn: Connection) {
         // One short write into an empty send buffer: it never blocks, and if the peer is
         // already gone there is nobody to tell.
         let _ = (&conn.stream).write(b"server full\n");
         Stats::add(&self.stats.turned_away, 1);
-        self.out.emit(
-            conn.event(Kind::Limit)
-                .detail(format!("{} connections open", Stats::get(&self.stats.open)))
-                .note(note::LIMIT),
-        );
-        drop(conn); // close(): the FIN follows "server full"
+        let event = conn
+            .event(Kind::Limit)
+            .detail(format!("{} connections open", Stats::get(&self.stats.open)));
+        echo::close_reporting(conn, self, event, note::LIMIT);
     }
 
     /// A connection was accepted and will be served: count it and say so.
@@ -334,6 +334,11 @@ impl Connection {
             .state(tcp_state::of(&self.stream))
     }
 
+    /// Bytes that arrived and were never read: closing the socket now would send an RST.
+    pub fn unread(&self) -> usize {
+        unread_bytes(&self.stream)
+    }
+
     /// An event about this connection after its socket is gone (no TCP state to read).
     pub fn event_closed(&self, kind: Kind) -> Event {
         Event::new(kind).conn(self.id).addrs(self.local, self.peer)
@@ -442,21 +447,48 @@ fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
 }
 
 /// Connections the kernel finished but nobody accepted yet would get an RST when the
-/// listening socket closes. Accept each one only to close it, so it gets a FIN like the rest.
+/// listening socket closes. Accept each one only to close it, so it gets a FIN like the rest
+/// (an RST all the same if its peer had sent bytes: they are unread).
 fn close_queued(listener: &TcpListener, server: &Server) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
     while let Ok((stream, peer)) = listener.accept() {
         let local = stream.local_addr().ok();
-        drop(stream); // close(): FIN
-        server.out.emit(
-            Event::new(Kind::Close)
-                .addrs(local, Some(peer))
-                .detail("queued, never served")
-                .note(note::CLOSE_QUEUED),
-        );
+        let event = Event::new(Kind::Close)
+            .addrs(local, Some(peer))
+            .detail("queued, never served");
+        let unread = unread_bytes(&stream);
+        drop(stream); // close(): FIN, or RST over unread bytes
+        server.out.emit(match unread {
+            0 => event.note(note::CLOSE_QUEUED),
+            n => with_unread(event, n, note::CLOSE_QUEUED),
+        });
     }
+}
+
+/// FIONREAD (SIOCINQ): how many bytes wait in a socket's receive buffer, unread. Linux
+/// discards them when the socket is closed and tells the peer with an RST, not a FIN.
+pub fn unread_bytes(socket: &impl AsRawFd) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into the variable we pass.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    if rc < 0 {
+        return 0; // not a connected socket any more: nothing to discard
+    }
+    unread.max(0) as usize
+}
+
+/// The event of a close that left `unread` bytes behind: the kernel sent an RST. A plain
+/// `close` becomes an `abort` (we closed: RST); a `timeout` or `limit` keeps its kind.
+pub fn with_unread(event: Event, unread: usize, fin_note: &str) -> Event {
+    let kind = match event.kind {
+        Kind::Close => Kind::Abort,
+        kind => kind,
+    };
+    Event { kind, ..event }
+        .unread(unread)
+        .note(note::unread(fin_note))
 }
 
 /// User plus system CPU time of this process so far, in milliseconds (getrusage).

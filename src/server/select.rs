@@ -226,6 +226,7 @@ fn too_high(lc: LoopConn, fd: RawFd, server: &Server) {
     let event = lc.conn.event(Kind::Limit).detail(format!(
         "fd {fd} >= FD_SETSIZE ({FD_SETSIZE}): select() cannot watch it"
     ));
-    server.out.emit(event.note(note::SELECT_LIMIT));
-    event_loop::finish(lc, End::Dead, server); // close(): the FIN
+    // close(): the FIN follows the message (an RST if the peer had spoken first)
+    super::echo::close_reporting(lc.conn, server, event, note::SELECT_LIMIT);
+    server.finished();
 }

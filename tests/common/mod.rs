@@ -401,3 +401,50 @@ pub fn flood(
     });
     (stop, handle)
 }
+
+/// A TcpExt counter of /proc/net/netstat (this network namespace), e.g. `TCPAbortOnClose`:
+/// how many times a close() with unread data made the kernel send an RST.
+pub fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no TcpExt {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Read until the end of the stream: Ok(bytes) after the peer's FIN, or the error that
+/// ended it (ECONNRESET after an RST), with the bytes read before it.
+pub fn read_to_end_or_error(stream: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Stop a process (SIGSTOP) until the guard is dropped (SIGCONT): connections made meanwhile
+/// wait in the kernel's accept queue, with whatever they sent, as under a busy server.
+pub struct Paused(pub u32);
+
+impl Paused {
+    pub fn new(pid: u32) -> Paused {
+        // SAFETY: kill(2) on a child of this test.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
