@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use colored::{ColoredString, Colorize};
@@ -327,7 +327,138 @@ pub struct Output {
     /// Columns to wrap notes at.
     width: usize,
     start: Instant,
-    sink: Mutex<BufWriter<Stdout>>,
+    sink: Sink,
+}
+
+/// Where the rendered lines go.
+enum Sink {
+    /// Written by the caller (the client and the demos: they have nothing else to do).
+    Direct(Mutex<BufWriter<Stdout>>),
+    /// Handed to a writer thread through a bounded queue (servers: see [`Shedding`]).
+    Shedding(Arc<Shedding>),
+}
+
+/// A server must never wait for its stdout: if nobody reads it (`tcp-lab serve | sleep
+/// 600`), a blocking write would freeze every connection, and Ctrl-C with them. So events
+/// go into a queue of at most [`QUEUE_LIMIT`] bytes that a thread of their own writes out;
+/// when it is full, an event is dropped and counted, like a logger that sheds. The count is
+/// in the summary and, at exit, on stderr.
+struct Shedding {
+    queue: Mutex<Queue>,
+    /// The writer thread sleeps on it until there is something to write.
+    wake: Condvar,
+    /// [`Output::finish`] sleeps on it until the queue is written out.
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Rendered lines not yet taken by the writer, and how many events they are.
+    bytes: Vec<u8>,
+    events: u64,
+    /// Lines to write now (set by a flush, or by every event when not buffered).
+    ready: bool,
+    /// The writer holds a batch it has not finished writing, of this many events.
+    writing: bool,
+    in_flight: u64,
+    /// Events dropped: the queue was full, or stdout failed.
+    dropped: u64,
+}
+
+/// The most event text a server holds for a slow stdout: memory stays bounded.
+pub const QUEUE_LIMIT: usize = 1024 * 1024;
+
+impl Shedding {
+    fn start() -> Arc<Shedding> {
+        let shedding = Arc::new(Shedding {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+        });
+        let writer = Arc::clone(&shedding);
+        let started = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || writer.write_forever());
+        if started.is_err() {
+            // No thread: nothing will be written, so everything is counted as dropped.
+            shedding.lock().writing = true;
+        }
+        shedding
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, line: &str, now: bool) {
+        let mut queue = self.lock();
+        if queue.bytes.len() + line.len() > QUEUE_LIMIT {
+            queue.dropped += 1;
+            return;
+        }
+        queue.bytes.extend_from_slice(line.as_bytes());
+        queue.events += 1;
+        if now {
+            queue.ready = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn flush(&self) {
+        let mut queue = self.lock();
+        if !queue.bytes.is_empty() {
+            queue.ready = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: take what is queued, write it with the lock released (this is
+    /// where a stdout nobody reads blocks: only this thread waits), repeat.
+    fn write_forever(&self) {
+        let mut stdout = std::io::stdout();
+        loop {
+            let (batch, events) = {
+                let mut queue = self.lock();
+                while !queue.ready || queue.bytes.is_empty() {
+                    queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                queue.ready = false;
+                queue.writing = true;
+                queue.in_flight = std::mem::take(&mut queue.events);
+                (std::mem::take(&mut queue.bytes), queue.in_flight)
+            };
+            // A closed stdout (the learner piped us into `head`) must not stop the server.
+            let written = stdout.write_all(&batch).and_then(|()| stdout.flush());
+            let mut queue = self.lock();
+            queue.writing = false;
+            queue.in_flight = 0;
+            if written.is_err() {
+                queue.dropped += events;
+            }
+            self.drained.notify_all();
+        }
+    }
+
+    /// Wait up to `limit` for the queue to be written out; the events still unwritten
+    /// then, plus those dropped before, are lost.
+    fn finish(&self, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        let mut queue = self.lock();
+        queue.ready = true;
+        self.wake.notify_one();
+        while queue.writing || !queue.bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            queue = self
+                .drained
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        queue.dropped + queue.events + queue.in_flight
+    }
 }
 
 impl Output {
@@ -343,7 +474,10 @@ impl Output {
             flush_each: true,
             width: note_width(),
             start: Instant::now(),
-            sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+            sink: Sink::Direct(Mutex::new(BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            ))),
         };
         match std::env::var(EPOCH_ENV).ok().and_then(|v| v.parse().ok()) {
             Some(epoch_ns) => output.since_epoch_ns(epoch_ns),
@@ -361,6 +495,44 @@ impl Output {
     pub fn buffered(mut self) -> Output {
         self.flush_each = false;
         self
+    }
+
+    /// Never wait for stdout: a thread writes the events, and what does not fit in its
+    /// bounded queue is dropped and counted (servers: see [`Shedding`]).
+    pub fn shedding(mut self) -> Output {
+        self.sink = Sink::Shedding(Shedding::start());
+        self
+    }
+
+    /// Events dropped so far because stdout did not keep up.
+    pub fn dropped(&self) -> u64 {
+        match &self.sink {
+            Sink::Direct(_) => 0,
+            Sink::Shedding(shedding) => shedding.lock().dropped,
+        }
+    }
+
+    /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
+    /// nobody reads, and say on stderr how many events were lost.
+    pub fn finish(&self, limit: Duration) {
+        let lost = match &self.sink {
+            Sink::Direct(_) => return self.flush(),
+            Sink::Shedding(shedding) => shedding.finish(limit),
+        };
+        if lost > 0 {
+            let line = format!(
+                "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at most \
+{} KiB of events wait for it)\n",
+                QUEUE_LIMIT / 1024
+            );
+            // stderr may be a pipe nobody reads too: try from a thread, and do not wait long.
+            let (done, wait) = std::sync::mpsc::channel();
+            let _ = std::thread::Builder::new().spawn(move || {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                let _ = done.send(());
+            });
+            let _ = wait.recv_timeout(Duration::from_millis(200));
+        }
     }
 
     /// Count time from another process's start (the process model's children use the
@@ -396,23 +568,27 @@ impl Output {
             Format::Json => self.json_line(&event),
             Format::Text => self.text_lines(&event),
         };
-        let mut sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A closed stdout (the learner piped us into `head`) must not stop the server.
+        let sink = match &self.sink {
+            Sink::Direct(sink) => sink,
+            Sink::Shedding(shedding) => return shedding.push(&line, self.flush_each),
+        };
+        let mut sink = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A closed stdout (the learner piped us into `head`) must not stop the client.
         let _ = sink.write_all(line.as_bytes());
         if self.flush_each {
             let _ = sink.flush();
         }
     }
 
+    /// Write what is buffered (shedding: hand it to the writer thread, without waiting).
     pub fn flush(&self) {
-        let mut sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = sink.flush();
+        match &self.sink {
+            Sink::Direct(sink) => {
+                let mut sink = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = sink.flush();
+            }
+            Sink::Shedding(shedding) => shedding.flush(),
+        }
     }
 
     fn json_line(&self, e: &Event) -> String {

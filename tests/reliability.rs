@@ -206,3 +206,82 @@ fn defect_3_blocking_stop_with_queued_talkers_says_rst() {
         .unwrap()
         .contains("with a FIN"));
 }
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    defect_4_a_stdout_nobody_reads_stops_neither_the_echo_nor_ctrl_c,
+);
+
+/// `tcp-lab serve | sleep 600`: once the pipe is full, events must be shed (and counted),
+/// never waited for. 60 clients are echoed (about 2 MB of events, past the pipe and the
+/// server's 1 MiB queue), then SIGINT ends the server, exit 0, within a bound, and stderr
+/// says how many events were dropped.
+fn defect_4_a_stdout_nobody_reads_stops_neither_the_echo_nor_ctrl_c(mode: &str) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["serve", "--mode", mode, "--port", "0", "--format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-lab"),
+    );
+    let child = &mut child.0;
+    // Read the first line (the port), then never read stdout again.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut listen = String::new();
+    stdout.read_line(&mut listen).unwrap();
+    let listen: serde_json::Value = serde_json::from_str(&listen).unwrap();
+    let port = port_of(&listen["local"]);
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    for client in 0..60 {
+        let mut peer = raw_peer(port);
+        for i in 0..40 {
+            let message = format!("client {client} says message number {i}");
+            peer.write_all(message.as_bytes()).unwrap();
+            let echo = read_exactly(&mut peer, message.len());
+            assert_eq!(echo, message.as_bytes(), "client {client} message {i}");
+        }
+    }
+
+    let asked = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let waited = asked.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "still running {waited:?} after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status} after {took:?}");
+    let stderr = stderr.join().unwrap();
+    assert!(stderr.contains("events were dropped"), "stderr: {stderr}");
+    drop(stdout);
+}
+
+/// A child killed when the test ends, however it ends (std sends nothing to a child it
+/// has already reaped).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -31,6 +31,9 @@ pub mod threaded;
 /// that the server stops "within a second", long enough to cost nothing.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// How long a server waits at exit for a slow stdout to take its last events.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 /// How long to wait before accepting again after running out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -348,7 +351,9 @@ impl Connection {
 /// `tcp-lab serve`: listen, then run the chosen mode until it stops.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = Config::from_args(args);
-    let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output).quiet(args.quiet);
+    let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output)
+        .quiet(args.quiet)
+        .shedding(); // a stdout nobody reads must not stop the serving
     if matches!(args.mode, Mode::Nonblocking | Mode::Select | Mode::Poll) {
         // One thread serves everyone: it writes events out once per turn of its loop, not
         // once per event.
@@ -373,22 +378,34 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     );
     server.out.flush(); // a script waits for this line to learn the port
 
-    match args.mode {
-        Mode::Blocking => blocking::run(&listener, &server),
-        Mode::Threaded => threaded::run(&listener, &server),
-        Mode::Process => process::run(&listener, &server, args.parent_keeps_fd),
-        Mode::Nonblocking => {
-            nonblocking::run(&listener, &server).context("the nonblocking server failed")?
+    let served = match args.mode {
+        Mode::Blocking => {
+            blocking::run(&listener, &server);
+            Ok(())
         }
-        Mode::Select => select::run(&listener, &server).context("the select server failed")?,
-        Mode::Poll => poll::run(&listener, &server).context("the poll server failed")?,
-    }
+        Mode::Threaded => {
+            threaded::run(&listener, &server);
+            Ok(())
+        }
+        Mode::Process => {
+            process::run(&listener, &server, args.parent_keeps_fd);
+            Ok(())
+        }
+        Mode::Nonblocking => {
+            nonblocking::run(&listener, &server).context("the nonblocking server failed")
+        }
+        Mode::Select => select::run(&listener, &server).context("the select server failed"),
+        Mode::Poll => poll::run(&listener, &server).context("the poll server failed"),
+    };
 
-    if server.stop.requested() {
-        close_queued(&listener, &server);
+    if served.is_ok() {
+        if server.stop.requested() {
+            close_queued(&listener, &server);
+        }
+        emit_summary(&server);
     }
-    emit_summary(&server);
-    Ok(())
+    server.out.finish(OUTPUT_GRACE); // the events still queued, even before an error
+    served
 }
 
 /// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
@@ -438,10 +455,12 @@ or another server may be running"
 fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
     let server = Arc::clone(server);
     ctrlc::set_handler(move || {
-        if announce && !server.stop.requested() {
+        let first = !server.stop.requested();
+        // The flag first: nothing after it (printing included) may keep the server running.
+        server.stop.request();
+        if announce && first {
             server.out.emit(Event::new(Kind::Stop).note(note::STOP));
         }
-        server.stop.request();
     })
     .context("cannot install the Ctrl-C handler")
 }
@@ -529,6 +548,10 @@ fn emit_summary(server: &Server) {
     if server.config.mode == Mode::Select {
         summary = summary.stat("scanned", Stats::get(&stats.scanned));
     }
+    // Events shed because stdout did not keep up (only when some were).
+    let dropped = server.out.dropped();
+    if dropped > 0 {
+        summary = summary.stat("events_dropped", dropped);
+    }
     server.out.emit(summary.note(note::SUMMARY));
-    server.out.flush();
 }
