@@ -285,3 +285,42 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+in_modes!(
+    [nonblocking, select, poll]
+    defect_5_connections_queued_together_are_accepted_in_one_turn,
+);
+
+/// Fifty clients connect and speak while the server is stopped; when it runs again, one
+/// turn of its loop accepts them all before it reads anyone. Accepting one per turn (the
+/// nonblocking loop did) serves the first newcomer before accepting the second.
+fn defect_5_connections_queued_together_are_accepted_in_one_turn(mode: &str) {
+    raise_open_files_limit();
+    let (mut server, port) = server(mode, &[]);
+    let peers: Vec<_> = {
+        let _paused = Paused::new(server.child.id());
+        (0..50)
+            .map(|_| {
+                let mut peer = raw_peer(port);
+                peer.write_all(b"x").unwrap();
+                peer
+            })
+            .collect()
+    };
+    for conn in 1..=50u64 {
+        server.expect_conn("recv", conn);
+    }
+    let accepts_before_first_recv = server
+        .kinds(None)
+        .iter()
+        .take_while(|kind| *kind != "recv")
+        .filter(|kind| *kind == "accept")
+        .count();
+    assert_eq!(
+        accepts_before_first_recv,
+        50,
+        "only {accepts_before_first_recv} accepts came before the first read:\n{}",
+        server.history()
+    );
+    drop(peers);
+}

@@ -23,6 +23,11 @@ use crate::event::Kind;
 use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 
+/// At most this many accept() calls per turn of a loop: a queue of newcomers is taken in
+/// one go (not one per turn), yet a flood of them cannot starve the connections already
+/// being served.
+pub const ACCEPT_BATCH: usize = 128;
+
 /// Above this much unsent output, a connection is not read until it drains (backpressure):
 /// a peer that sends and never reads costs us at most this plus one read.
 pub const MAX_PENDING: usize = 256 * 1024;

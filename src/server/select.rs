@@ -26,13 +26,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers, ACCEPT_BATCH};
 use super::{Acceptor, Server, Stats, EMFILE_BACKOFF, TICK};
 use crate::event::Kind;
 use crate::note;
-
-/// At most this many accept() calls per wake-up, so a flood does not starve the others.
-const ACCEPT_BATCH: usize = 128;
 
 /// The size of an fd_set: descriptors 0 … FD_SETSIZE-1 fit, no others.
 const FD_SETSIZE: RawFd = libc::FD_SETSIZE as RawFd;
