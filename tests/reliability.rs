@@ -324,3 +324,59 @@ fn defect_5_connections_queued_together_are_accepted_in_one_turn(mode: &str) {
     );
     drop(peers);
 }
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    defect_6_bytes_after_the_bye_word_in_the_same_read_are_counted_as_discarded,
+);
+
+/// One write: a line, the bye word, then binary bytes. The line is echoed; the close event
+/// says how many bytes were not (the bye word's line and everything after it), where they
+/// used to vanish without a word. Then the FIN: nothing was left unread.
+fn defect_6_bytes_after_the_bye_word_in_the_same_read_are_counted_as_discarded(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut peer = raw_peer(port);
+    let after = b"Bye\nbinary\x00\xffdata\nBye\n";
+    let sent = [b"hello\n".as_slice(), after].concat();
+    peer.write_all(&sent).unwrap();
+    let (echoed, ended) = read_to_end_or_error(&mut peer);
+    assert_eq!(echoed, b"hello\n");
+    assert!(ended.is_ok(), "the peer's read ended {ended:?}, not EOF");
+    let recv = server.expect_conn("recv", 1);
+    assert_eq!(recv["bytes"], sent.len(), "one read expected: {recv}");
+    let close = server.expect_conn("close", 1);
+    assert_eq!(close["discarded"], after.len(), "{close}");
+    assert_eq!(
+        echoed.len() as u64 + close["discarded"].as_u64().unwrap(),
+        sent.len() as u64
+    );
+}
+
+/// `--bye-word ""` would close on every blank line, and a word longer than one read (64 KiB)
+/// could never match: both are usage errors (exit 2) that say why.
+#[test]
+fn defect_6_an_empty_blank_or_too_long_bye_word_is_a_usage_error() {
+    let too_long = "x".repeat(64 * 1024 + 1);
+    for (word, why) in [
+        ("", "empty"),
+        ("  ", "blank"),
+        ("Bye ", "whitespace"),
+        (too_long.as_str(), "could never match"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--port", "0", "--bye-word", word])
+            .output()
+            .expect("run tcp-lab");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{word:.10?}: {stderr:.300}");
+        assert!(
+            stderr.contains("--bye-word") && stderr.contains(why),
+            "{word:.10?}: {stderr:.300}"
+        );
+    }
+    // The longest word that fits in one read is accepted.
+    let longest = "x".repeat(64 * 1024);
+    let (mut server, _port) = server("poll", &["--bye-word", &longest]);
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+}

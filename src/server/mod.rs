@@ -455,12 +455,13 @@ or another server may be running"
 fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
     let server = Arc::clone(server);
     ctrlc::set_handler(move || {
-        let first = !server.stop.requested();
-        // The flag first: nothing after it (printing included) may keep the server running.
-        server.stop.request();
-        if announce && first {
+        // The `stop` event first, so it comes before the closes the stop causes. Printing
+        // cannot hold the stop up: a server's events go into a queue that sheds, never
+        // waiting for stdout (a handler that blocked here on a full pipe ignored Ctrl-C).
+        if announce && !server.stop.requested() {
             server.out.emit(Event::new(Kind::Stop).note(note::STOP));
         }
+        server.stop.request();
     })
     .context("cannot install the Ctrl-C handler")
 }
