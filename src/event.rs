@@ -735,9 +735,13 @@ fn text_facts(e: &Event) -> Vec<String> {
     facts
 }
 
-/// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
-/// C1, bidi overrides) and every invalid byte is escaped (`\n`, `\x1B`, `\xC4`, `\u{202E}`).
-/// A backslash is doubled, so the escaped text reads back unambiguously.
+/// Show bytes from a peer safely: valid UTF-8 is kept, every control character and every
+/// invalid byte is escaped. The text reads back unambiguously ([`unescape`]):
+/// - `\n`, `\r`, `\t`, and `\\` for a backslash;
+/// - `\xNN`: one byte — an ASCII control (C0, DEL: `\x1B`) or a byte that is not UTF-8
+///   (`\xC4`, `\x9B`);
+/// - `\u{N}`: one character — a C1 control (`\u{9B}`, two bytes in UTF-8) or a bidi
+///   override (`\u{202E}`).
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -757,7 +761,9 @@ fn push_escaped_char(out: &mut String, c: char) {
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
         '\\' => out.push_str("\\\\"),
-        c if (c as u32) < 0x100 && c.is_control() => {
+        // One byte of ASCII (C0, DEL). A C1 control is a character of two bytes: it goes
+        // below as `\u{9B}`, so it cannot be mistaken for the invalid byte 0x9B (`\x9B`).
+        c if c.is_ascii_control() => {
             let _ = write!(out, "\\x{:02X}", c as u32);
         }
         c if c.is_control() || is_bidi_control(c) => {
@@ -765,6 +771,39 @@ fn push_escaped_char(out: &mut String, c: char) {
         }
         c => out.push(c),
     }
+}
+
+/// The bytes an [`escape_bytes`] text stands for (None if it is not one).
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push(b'\n'),
+            'r' => out.push(b'\r'),
+            't' => out.push(b'\t'),
+            '\\' => out.push(b'\\'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                (hex.len() == 2).then_some(())?;
+                out.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            'u' => {
+                (chars.next()? == '{').then_some(())?;
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let c = char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?;
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Characters that reorder the text around them: a peer could make a line lie.
@@ -795,7 +834,8 @@ mod tests {
         assert_eq!(escape_bytes("你好".as_bytes()), "你好");
         assert_eq!(escape_bytes(b"a\nb\r\t"), "a\\nb\\r\\t");
         assert_eq!(escape_bytes(b"\x1b[31m\x00\x7f"), "\\x1B[31m\\x00\\x7F");
-        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\x9B");
+        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\u{9B}");
+        assert_eq!(escape_bytes(b"\x9b"), "\\x9B");
         assert_eq!(escape_bytes("\u{202e}".as_bytes()), "\\u{202E}");
         assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
     }

@@ -380,3 +380,140 @@ fn defect_6_an_empty_blank_or_too_long_bye_word_is_a_usage_error() {
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
 }
+
+/// The invalid byte 0x9B and the character U+009B (C2 9B in UTF-8) used to print the same
+/// `\x9B`. Now the byte is `\x9B` and the character `\u{9B}`, and each reads back to the
+/// bytes that arrived.
+#[test]
+fn defect_7_the_byte_9b_and_the_character_u009b_are_escaped_apart() {
+    let (mut server, port) = server("poll", &[]);
+    let mut peer = raw_peer(port);
+    let mut shown = Vec::new();
+    for bytes in [b"a\x9bz".as_slice(), "a\u{9b}z".as_bytes()] {
+        peer.write_all(bytes).unwrap();
+        assert_eq!(read_exactly(&mut peer, bytes.len()), bytes);
+        let recv = server.expect_conn("recv", 1);
+        let data = recv["data"].as_str().unwrap().to_string();
+        assert_eq!(tcp_lab::event::unescape(&data).as_deref(), Some(bytes));
+        shown.push(data);
+    }
+    assert_eq!(shown, ["a\\x9Bz", "a\\u{9B}z"]);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Shutdown;
+    use tcp_lab::event::{escape_bytes, unescape};
+
+    /// Whether a character may reach a terminal as it is.
+    fn is_safe(c: char) -> bool {
+        !c.is_control()
+            && !matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+
+    proptest! {
+        /// Any bytes: the text holds no control character and reads back to the same bytes.
+        #[test]
+        fn escaping_is_safe_and_reads_back(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let text = escape_bytes(&bytes);
+            prop_assert!(text.chars().all(is_safe), "{text:?}");
+            prop_assert_eq!(unescape(&text), Some(bytes));
+        }
+
+        /// Text with characters of every width (C1 controls, bidi overrides, CJK) reads back too.
+        #[test]
+        fn escaping_text_reads_back(text in "\\PC*|[\\u{80}-\\u{9f}\\u{202a}-\\u{202e}\\\\x]*") {
+            let escaped = escape_bytes(text.as_bytes());
+            prop_assert!(escaped.chars().all(is_safe), "{escaped:?}");
+            prop_assert_eq!(unescape(&escaped), Some(text.into_bytes()));
+        }
+    }
+
+    /// Pieces a stream is made of: the bye word (with or without a newline), lines, binary.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"Bye".to_vec()),
+            Just(b"Bye\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"Bye \r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 1..40),
+        ];
+        proptest::collection::vec(piece, 1..12).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Send `bytes` in pieces cut at `cuts`, then our FIN; what came back before the end.
+    fn send_in_pieces(port: u16, bytes: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut peer = raw_peer(port);
+        peer.set_nodelay(true).unwrap();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort();
+        cuts.push(bytes.len());
+        let mut start = 0;
+        for cut in cuts {
+            // The server may have closed already (the bye word): later writes may fail.
+            if peer.write_all(&bytes[start..cut.max(start)]).is_err() {
+                break;
+            }
+            start = cut.max(start);
+        }
+        let _ = peer.shutdown(Shutdown::Write);
+        read_to_end_or_error(&mut peer).0
+    }
+
+    /// For connection `conn`: the bytes of its recv events and its closing event.
+    fn received_and_end(server: &mut Proc, conn: u64) -> (u64, serde_json::Value) {
+        // `close` (our FIN), or `abort` if the bye word left bytes unread (an RST).
+        let is_end = |e: &serde_json::Value| {
+            e["conn"] == conn && (e["kind"] == "close" || e["kind"] == "abort")
+        };
+        let end = loop {
+            if let Some(end) = server.seen.iter().find(|e| is_end(e)) {
+                break end.clone();
+            }
+            let event = server.next_event(WAIT);
+            assert!(
+                event.is_some(),
+                "conn {conn} never closed:\n{}",
+                server.history()
+            );
+        };
+        let received = server
+            .seen
+            .iter()
+            .filter(|e| e["conn"] == conn && e["kind"] == "recv")
+            .map(|e| e["bytes"].as_u64().unwrap())
+            .sum();
+        (received, end)
+    }
+
+    fn bye_word_accounts_for_every_byte(mode: &str) {
+        let (server, port) = server(mode, &[]);
+        // One server for every case; its connections are numbered 1, 2, … in order.
+        let server = std::cell::RefCell::new((server, 0u64));
+        let config = ProptestConfig {
+            cases: 40,
+            ..ProptestConfig::default()
+        };
+        let pieces = proptest::collection::vec(any::<usize>(), 0..6);
+        proptest!(config, |(bytes in stream(), cuts in pieces)| {
+            let (server, conn) = &mut *server.borrow_mut();
+            *conn += 1;
+            let echoed = send_in_pieces(port, &bytes, &cuts);
+            let (received, end) = received_and_end(server, *conn);
+            let discarded = end["discarded"].as_u64().unwrap_or(0);
+            prop_assert_eq!(echoed.len() as u64 + discarded, received, "{}", end);
+            prop_assert_eq!(&echoed[..], &bytes[..echoed.len()]);
+        });
+    }
+
+    #[test]
+    fn bye_word_echoed_plus_discarded_is_every_byte_received_blocking() {
+        bye_word_accounts_for_every_byte("blocking");
+    }
+
+    #[test]
+    fn bye_word_echoed_plus_discarded_is_every_byte_received_poll() {
+        bye_word_accounts_for_every_byte("poll");
+    }
+}
