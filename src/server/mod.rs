@@ -32,7 +32,7 @@ pub mod threaded;
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// How long a server waits at exit for a slow stdout to take its last events.
-pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 /// How long to wait before accepting again after running out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
