@@ -363,6 +363,8 @@ struct Queue {
     in_flight: u64,
     /// Events dropped: the queue was full, or stdout failed.
     dropped: u64,
+    /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
+    failed: bool,
 }
 
 /// The most event text a server holds for a slow stdout: memory stays bounded.
@@ -433,6 +435,7 @@ impl Shedding {
             queue.writing = false;
             queue.in_flight = 0;
             if written.is_err() {
+                queue.failed = true;
                 queue.dropped += events;
             }
             self.drained.notify_all();
@@ -441,7 +444,7 @@ impl Shedding {
 
     /// Wait up to `limit` for the queue to be written out; the events still unwritten
     /// then, plus those dropped before, are lost.
-    fn finish(&self, limit: Duration) -> u64 {
+    fn finish(&self, limit: Duration) -> (u64, bool) {
         let deadline = Instant::now() + limit;
         let mut queue = self.lock();
         queue.ready = true;
@@ -457,7 +460,7 @@ impl Shedding {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        queue.dropped + queue.events + queue.in_flight
+        (queue.dropped + queue.events + queue.in_flight, queue.failed)
     }
 }
 
@@ -515,16 +518,19 @@ impl Output {
     /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
     /// nobody reads, and say on stderr how many events were lost.
     pub fn finish(&self, limit: Duration) {
-        let lost = match &self.sink {
+        let (lost, failed) = match &self.sink {
             Sink::Direct(_) => return self.flush(),
             Sink::Shedding(shedding) => shedding.finish(limit),
         };
         if lost > 0 {
-            let line = format!(
-                "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at most \
-{} KiB of events wait for it)\n",
-                QUEUE_LIMIT / 1024
-            );
+            let line = match failed {
+                true => format!("tcp-lab: {lost} events were not written: stdout was closed\n"),
+                false => format!(
+                    "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at \
+most {} KiB of events wait for it)\n",
+                    QUEUE_LIMIT / 1024
+                ),
+            };
             // stderr may be a pipe nobody reads too: try from a thread, and do not wait long.
             let (done, wait) = std::sync::mpsc::channel();
             let _ = std::thread::Builder::new().spawn(move || {
