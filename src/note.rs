@@ -167,6 +167,10 @@ pub const EXIT_THREAD_PANIC: &str =
     "the handler thread panicked: unwinding dropped its socket, so the \
 kernel sent the FIN (an RST, had data been left unread). Only this thread died; the server and its other connections go on";
 
+pub const EXIT_THREAD_PANIC_UNREAD: &str = "the handler thread panicked: unwinding dropped its \
+socket with the peer's bytes still unread, so the kernel sent an RST, not a FIN. Only this thread \
+died; the server and its other connections go on";
+
 pub const SPAWN_PROCESS: &str = "a child process now serves this connection with the socket it \
 inherited. The parent closes its own copy: while any process holds one, the connection stays open \
 and the client would never see a FIN";

@@ -517,3 +517,29 @@ mod properties {
         bye_word_accounts_for_every_byte("poll");
     }
 }
+
+in_modes!(
+    [blocking, threaded, nonblocking, select, poll]
+    defect_3_a_crash_with_bytes_unread_says_rst,
+);
+
+/// `--crash-after 1 --delay 300`: while the handler "works" on `a`, the peer sends `b`,
+/// which nobody reads. The crash then closes the socket over it: the kernel sends an RST
+/// (the peer reads `a`, then ECONNRESET), and the crash's event says so.
+fn defect_3_a_crash_with_bytes_unread_says_rst(mode: &str) {
+    let (mut server, port) = server(mode, &["--crash-after", "1", "--delay", "300"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"a").unwrap();
+    server.expect_conn("recv", 1); // read, and now waiting out the delay
+    peer.write_all(b"b").unwrap();
+    let (got, ended) = read_to_end_or_error(&mut peer);
+    assert_eq!(got, b"a");
+    assert!(
+        is_reset(&ended),
+        "the peer's read ended {ended:?}, not ECONNRESET"
+    );
+    let kind = if mode == "threaded" { "exit" } else { "abort" };
+    let crash = server.expect_where(kind, |e| e["conn"] == 1 && e["unread"] == 1);
+    let note = crash["note"].as_str().unwrap_or_default();
+    assert!(note.contains("RST"), "{crash}");
+}

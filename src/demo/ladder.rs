@@ -356,6 +356,11 @@ pub fn render(events: &[Value], explain: bool) -> String {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
+            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
+            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
             Kind::Close | Kind::Timeout | Kind::Limit => {
                 d.gone[me] = true;
                 if !d.fin[me] && !d.rst[me] {
