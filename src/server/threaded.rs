@@ -52,7 +52,7 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
         match spawn_handler(conn, server) {
             Ok(handler) => handlers.push(handler),
             // Out of threads (EAGAIN): the connection was moved into the failed spawn and
-            // dropped there, so the peer got a FIN.
+            // dropped there, so the peer got a FIN (an RST, had it sent bytes already).
             Err(e) => {
                 server.out.emit(
                     Event::new(Kind::Error)
