@@ -120,8 +120,9 @@ pub struct ServeArgs {
     /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s). At most a year.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS * 1000))]
     pub delay: Option<u64>,
-    /// A message equal to this word closes the connection without an echo.
-    #[arg(long, value_name = "WORD", default_value = "Bye")]
+    /// A message equal to this word closes the connection without an echo (what follows
+    /// it in the same read is discarded, and the close event counts it).
+    #[arg(long, value_name = "WORD", default_value = "Bye", value_parser = bye_word)]
     pub bye_word: String,
     /// Answer every message with TEXT plus a newline instead of echoing it (seed 003's
     /// "ok, 问题正在处理中..."): one read, one reply, however many bytes it held.
@@ -268,6 +269,36 @@ impl AddrArgs {
 }
 
 /// A number of seconds: finite and not negative (fractions allowed).
+/// The most bytes one read() returns in the servers (server::echo::READ_BUF, checked by a
+/// test there): a longer bye word could never match.
+pub const BYE_WORD_MAX: usize = 64 * 1024;
+
+/// `--bye-word`: refuse a word that could never match, or would match every blank line.
+fn bye_word(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the bye word cannot be empty or blank: every blank line would close \
+the connection"
+                .into(),
+        );
+    }
+    if text.len() > BYE_WORD_MAX {
+        return Err(format!(
+            "the bye word is {} bytes, but one read() returns at most {BYE_WORD_MAX}, so it \
+could never match",
+            text.len()
+        ));
+    }
+    if text.contains('\n') || text.trim_end() != text {
+        return Err(
+            "the bye word cannot hold a newline or end with whitespace: a message is \
+compared with its trailing whitespace trimmed, so it could never match"
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
 fn seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),

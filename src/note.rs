@@ -74,9 +74,9 @@ pub const CLOSE_STOP: &str =
     "stopping: we close the connection, so the kernel sends a FIN and the \
 peer's read returns 0 (EOF)";
 
-pub const CLOSE_CRASH: &str = "the handler died (--crash-after) without closing anything: the kernel \
-closed its socket and sent the FIN (an RST instead, had the peer sent data nobody read). Either way the \
-peer learns nothing of the crash itself";
+pub const CLOSE_CRASH: &str =
+    "the handler died (--crash-after) without closing anything: the kernel \
+closed its socket and sent the FIN. The peer learns nothing of the crash itself";
 
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
@@ -84,6 +84,52 @@ anything unsent. The peer's next call, read or write, fails ECONNRESET; nobody k
 
 pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
 sends an RST instead of a FIN and discards the data. The peer's next read or write fails ECONNRESET";
+
+/// The note for a close that finds input still unread (FIONREAD > 0): the kernel discards
+/// it and sends an RST, not the FIN that `fin_note` describes.
+pub fn unread(fin_note: &str) -> &'static str {
+    match fin_note {
+        n if n == CLOSE_STOP => CLOSE_STOP_UNREAD,
+        n if n == CLOSE_BYE => CLOSE_BYE_UNREAD,
+        n if n == CLOSE_CRASH => CLOSE_CRASH_UNREAD,
+        n if n == TIMEOUT => TIMEOUT_UNREAD,
+        n if n == LIMIT => LIMIT_UNREAD,
+        n if n == SELECT_LIMIT => SELECT_LIMIT_UNREAD,
+        n if n == CLOSE_QUEUED => CLOSE_QUEUED_UNREAD,
+        _ => CLOSE_UNREAD,
+    }
+}
+
+pub const CLOSE_STOP_UNREAD: &str =
+    "stopping: we close the connection, but bytes it sent are still \
+unread in our receive buffer, so the kernel discards them and sends an RST instead of a FIN. The \
+peer's read fails ECONNRESET";
+
+pub const CLOSE_BYE_UNREAD: &str = "the bye word: we close without echoing it, but more bytes had \
+arrived after it, unread, so the kernel discards them and sends an RST instead of a FIN. The peer's \
+read fails ECONNRESET";
+
+pub const CLOSE_CRASH_UNREAD: &str =
+    "the handler died (--crash-after) without closing anything: the \
+kernel closed its socket, and because the peer's bytes were left unread it sent an RST, not a FIN. \
+The peer's read fails ECONNRESET";
+
+pub const TIMEOUT_UNREAD: &str = "idle too long (--idle-timeout): nothing moved, because the peer \
+sends but never reads and our send buffer stayed full. We close with its bytes unread in our \
+receive buffer, so the kernel discards them and sends an RST, not a FIN";
+
+pub const LIMIT_UNREAD: &str =
+    "over --max-conns: accepted, told `server full`, and closed at once. \
+It had already sent bytes we never read, so the kernel sends an RST instead of a FIN: the peer can \
+read `server full`, then its read fails ECONNRESET";
+
+pub const SELECT_LIMIT_UNREAD: &str = "select() cannot watch a descriptor at or above FD_SETSIZE \
+(1024), so the connection is told why and closed. It had already sent bytes we never read, so the \
+kernel sends an RST instead of a FIN";
+
+pub const CLOSE_QUEUED_UNREAD: &str = "stopping: this connection was complete but still queued \
+(never accepted), and its peer had already sent bytes. We accept it only to close it, and with \
+those bytes unread the kernel sends an RST, not a FIN: the peer's read fails ECONNRESET";
 
 pub const RESET: &str =
     "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
@@ -102,7 +148,8 @@ pub const TIMEOUT: &str = "idle too long (--idle-timeout): we close, the kernel 
 
 pub const LIMIT: &str =
     "over --max-conns: accepted (the kernel had finished the handshake anyway), \
-told `server full`, and closed at once with a FIN";
+told `server full`, and closed at once with a FIN (bytes it sends after that are answered with an \
+RST)";
 
 pub const EMFILE: &str = "accept() failed: no file descriptor left for the new socket. The \
 connection stays in the kernel's queue; we back off instead of retrying in a tight loop";
@@ -120,6 +167,10 @@ pub const EXIT_THREAD: &str = "the handler thread returned after its connection 
 pub const EXIT_THREAD_PANIC: &str =
     "the handler thread panicked: unwinding dropped its socket, so the \
 kernel sent the FIN (an RST, had data been left unread). Only this thread died; the server and its other connections go on";
+
+pub const EXIT_THREAD_PANIC_UNREAD: &str = "the handler thread panicked: unwinding dropped its \
+socket with the peer's bytes still unread, so the kernel sent an RST, not a FIN. Only this thread \
+died; the server and its other connections go on";
 
 pub const SPAWN_PROCESS: &str = "a child process now serves this connection with the socket it \
 inherited. The parent closes its own copy: while any process holds one, the connection stays open \

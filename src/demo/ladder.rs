@@ -358,6 +358,11 @@ pub fn render(events: &[Value], explain: bool) -> String {
             }
             // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
             Kind::Timeout if side == Side::Client => {}
+            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
+            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
             Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));

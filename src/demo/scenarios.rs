@@ -301,7 +301,7 @@ fn poll_many(lab: &mut Lab) -> Result<String> {
         summary["stats"]["connections"]
     );
     let threads = threads.map_or(String::new(), |n| {
-        format!(" (its process has {n} threads: the loop, and the Ctrl-C handler's)")
+        format!(" (its process has {n} threads: the loop, the Ctrl-C handler's, and the one that writes the events to stdout)")
     });
     Ok(format!(
         "{MANY} clients were connected at once and each got its echo from one event-loop thread{threads}"

@@ -237,7 +237,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let server = Server {
         config,
         out: Output::new(Role::Server, Some(Mode::Process.name()), &serve.output)
-            .quiet(serve.quiet),
+            .quiet(serve.quiet)
+            .shedding(),
         stop: Stop::default(),
         stats: Stats::default(),
     };
@@ -246,12 +247,14 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
     let conn = Connection::new(args.conn, stream);
-    match echo::serve(conn, &server) {
+    let ending = echo::serve(conn, &server);
+    // Within the parent's CHILD_GRACE, even when stdout is not read.
+    server.out.finish(CHILD_GRACE / 2);
+    match ending {
         Ending::Finished => Ok(()),
         Ending::Crashed(_still_open) => {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
-            server.out.flush();
             std::process::exit(CRASH_STATUS);
         }
     }
