@@ -32,6 +32,7 @@ compile_error!(
      inherited descriptor. On Windows, use WSL."
 );
 
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod demo;

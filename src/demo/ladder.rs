@@ -505,6 +505,19 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         Kind::Error => vec![label("error"), plain(errno.to_string())],
         Kind::Stop => vec![label("Ctrl-C: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
+        // Chat: what the rooms did with a line or a member.
+        Kind::Join | Kind::Leave => vec![
+            label(kind.name()),
+            plain(format!("{} #{}", text(e, "nick"), text(e, "room"))),
+        ],
+        Kind::Nick => vec![
+            label("nick"),
+            plain(format!("{} → {}", text(e, "from"), text(e, "nick"))),
+        ],
+        Kind::Relay => vec![
+            label("relay"),
+            plain(format!("<{}> to {}", text(e, "from"), e["to"])),
+        ],
     };
     if let Some(data) = e["data"].as_str() {
         let shown: String = data.chars().take(14).collect();
@@ -518,6 +531,11 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// A string field of an event, or nothing.
+fn text<'a>(e: &'a Value, field: &str) -> &'a str {
+    e[field].as_str().unwrap_or("")
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the
