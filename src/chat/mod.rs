@@ -53,6 +53,8 @@ pub enum Why {
     Stopping,
     /// Another failure of its connection (EPIPE, an error).
     Failed,
+    /// `/join`: it went to another room (it is still in the chat).
+    Moved,
 }
 
 impl Why {
@@ -67,6 +69,7 @@ impl Why {
             Why::NotReading => "not reading",
             Why::Stopping => "server stopping",
             Why::Failed => "connection failed",
+            Why::Moved => "went to another room",
         }
     }
 }
@@ -337,7 +340,7 @@ impl Chat {
             who,
             nick,
             room: old,
-            why: Why::Quit,
+            why: Why::Moved,
         });
         self.members.get_mut(&who).expect("a member").room = room.to_string();
         let here = self.enter(who, room, out);
