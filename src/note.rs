@@ -171,7 +171,8 @@ Keeping it would let one slow reader grow the server's memory without bound (or,
 writes, stall everyone who talks to it), so it is dropped and its room told";
 
 pub const CHAT_ABORT_DROPPED: &str = "close() with SO_LINGER 0: the kernel discards the bytes it \
-still held for this peer and sends an RST; its next read fails ECONNRESET";
+still held for this peer and sends an RST, instead of trying for minutes to deliver them; the \
+peer's reads fail ECONNRESET once the RST arrives";
 
 pub const CHAT_TOO_LONG: &str = "no newline within --max-line bytes: a line can only be held \
 whole, so holding more would let one peer grow our memory without bound. It is told why, and closed";
