@@ -183,3 +183,9 @@ with unread input sends an RST)";
 
 pub const CHAT_QUIT: &str = "/quit: the server closes first. Anything sent after it was read and \
 thrown away, so the kernel sends our FIN (not an RST), and this side ends in TIME_WAIT";
+
+pub const TALK_RECV: &str = "the client's words: read() returned what had arrived. In half-duplex \
+(blocking) the server now waits for its operator, and reads nothing more until the reply is sent";
+
+pub const TALK_OPERATOR_EOF: &str = "the operator ended its input (Ctrl-D): we close, the kernel \
+sends our FIN, and the server stops: there is nobody left to talk";

@@ -440,3 +440,97 @@ fn blocking_and_process_refuse_the_chat_and_say_why() {
         assert!(out.stdout.is_empty(), "{mode}: nothing listened");
     }
 }
+
+/// A talk server in `mode`, its operator's stdin a pipe the test writes to.
+fn talk_server(mode: &str) -> (Proc, u16) {
+    server(mode, &["--app", "talk", "--no-explain"])
+}
+
+/// The `recv` or `send` event carrying `data` (escaped, as in the events).
+fn data_event(server: &mut Proc, kind: &str, data: &str) -> usize {
+    server.expect_where(kind, |e| e["data"] == data);
+    server.seen.len() - 1
+}
+
+/// Blocking talk is half-duplex, as seed 004: the client's second line is not read until
+/// the operator has answered the first, and the operator is prompted only after a line.
+#[test]
+fn talk_in_blocking_mode_is_half_duplex() {
+    let (mut server, port) = talk_server("blocking");
+    let mut client = raw_peer(port);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    client.write_all(b"hello server\n").unwrap();
+    data_event(&mut server, "recv", "hello server\\n");
+    // The client goes on without waiting; the server is waiting for its operator.
+    client.write_all(b"are you there?\n").unwrap();
+    server.write_stdin(b"hello client\n");
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello client\n");
+    let sent = data_event(&mut server, "send", "hello client\\n");
+    let second = data_event(&mut server, "recv", "are you there?\\n");
+    assert!(
+        sent < second,
+        "the second line was read only after the reply was sent"
+    );
+    server.write_stdin(b"yes\n");
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "yes\n");
+    // The operator's end of input is only read when the operator is asked, after the
+    // client's next line: then our FIN, and the server stops.
+    server.close_stdin();
+    client.write_all(b"bye then\n").unwrap();
+    data_event(&mut server, "recv", "bye then\\n");
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("a FIN, not an RST");
+    assert!(rest.is_empty());
+    assert!(server.wait_exit().success());
+    server.expect("close");
+    server.expect("summary");
+    let stderr = server.stderr_text();
+    assert!(stderr.contains("> waiting for the client..."), "{stderr:?}");
+}
+
+in_modes!([poll, threaded] talk_is_full_duplex);
+
+/// poll and threaded talk are full-duplex: the client's lines are read while the operator
+/// says nothing, and the operator may speak twice without being spoken to.
+fn talk_is_full_duplex(mode: &str) {
+    let (mut server, port) = talk_server(mode);
+    let mut client = raw_peer(port);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    server.expect("accept");
+    // The operator first, unprompted, twice.
+    server.write_stdin(b"welcome\nanyone?\n");
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "welcome\n");
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "anyone?\n");
+    // The client twice, without an answer in between: both are read at once.
+    client.write_all(b"one\n").unwrap();
+    data_event(&mut server, "recv", "one\\n");
+    client.write_all(b"two\n").unwrap();
+    data_event(&mut server, "recv", "two\\n");
+    server.write_stdin(b"got both\n");
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "got both\n");
+    server.close_stdin();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("a FIN, not an RST");
+    assert!(server.wait_exit().success());
+    server.expect("close");
+}
+
+#[test]
+fn talk_refuses_the_loops_that_have_no_operator() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--app", "talk", "--mode", "select", "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("half-duplex"));
+}
