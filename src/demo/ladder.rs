@@ -407,7 +407,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
 }
 
 fn kind_of(e: &Value) -> Kind {
-    const KINDS: [Kind; 20] = [
+    const KINDS: [Kind; 24] = [
         Kind::Listen,
         Kind::Accept,
         Kind::Connect,
@@ -428,6 +428,10 @@ fn kind_of(e: &Value) -> Kind {
         Kind::Error,
         Kind::Stop,
         Kind::Summary,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Nick,
+        Kind::Relay,
     ];
     let name = e["kind"].as_str().unwrap_or("");
     KINDS
