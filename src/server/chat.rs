@@ -153,3 +153,11 @@ pub fn abort_dropped(conn: Connection, server: &Server) {
     drop(conn); // the RST goes out here
     server.out.emit(event.note(note::CHAT_ABORT_DROPPED));
 }
+
+/// TCP_NODELAY: a chat line is a message someone is waiting to read. With Nagle's algorithm
+/// the kernel would hold a small write back while an earlier one is unacknowledged, and the
+/// reader's delayed ACK can make that wait 40 ms; a line should go out as soon as it is written.
+pub fn send_lines_at_once(conn: &Connection) {
+    // Should it fail, lines still go out, only sometimes a little later.
+    let _ = conn.stream.set_nodelay(true);
+}

@@ -18,7 +18,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use super::chat::{
-    abort_dropped, drain_then_close, fits_queue, report, report_dropped, too_long_message,
+    abort_dropped, drain_then_close, fits_queue, report, report_dropped, send_lines_at_once,
+    too_long_message,
 };
 use super::{echo, Connection, Server, Stats};
 use crate::chat::{Chat, LineFramer, MemberId, Outbox, Why};
@@ -109,6 +110,7 @@ impl Hub {
     /// A new connection joins the lobby; its key is its connection number.
     pub fn admit(&mut self, conn: Connection, server: &Server) -> usize {
         let key = conn.id as usize;
+        send_lines_at_once(&conn);
         let member = Member {
             conn,
             framer: LineFramer::new(self.max_line),

@@ -30,7 +30,8 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::chat::{
-    abort_dropped, drain_then_close, fits_queue, report, report_dropped, too_long_message,
+    abort_dropped, drain_then_close, fits_queue, report, report_dropped, send_lines_at_once,
+    too_long_message,
 };
 use super::{echo, Acceptor, Connection, Server, Stats, TICK};
 use crate::chat::{Chat, Happening, LineFramer, MemberId, Outbox, Why};
@@ -147,6 +148,7 @@ enum Ending {
 
 /// A member's reading thread: join the chat, start the writer, read lines until it ends.
 fn serve_member(conn: Connection, rooms: &Mutex<Rooms>, server: &Arc<Server>) {
+    send_lines_at_once(&conn);
     let mailbox = Arc::new(Mailbox {
         queue: Mutex::new(Queue::default()),
         changed: Condvar::new(),
