@@ -85,7 +85,7 @@ fn print_completions(shell: clap_complete::Shell) {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            if let Err(why) = server::app_fits_mode(args.app, args.mode) {
+            if let Err(why) = server::app_fits(&args) {
                 let usage = clap::error::ErrorKind::ArgumentConflict;
                 command().error(usage, why).exit(); // exit 2, as for any usage error
             }

@@ -534,3 +534,14 @@ fn talk_refuses_the_loops_that_have_no_operator() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("half-duplex"));
 }
+
+#[test]
+fn the_echos_options_are_refused_with_the_chat() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--app", "chat", "--delay", "100", "--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--delay shapes the echo"), "{stderr}");
+}

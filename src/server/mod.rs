@@ -409,13 +409,27 @@ fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> R
     Ok(())
 }
 
-/// Can this app run in this mode? If not, the sentence that says why (a usage error:
-/// `tcp-lab` exits 2 with it before listening).
-pub fn app_fits_mode(app: App, mode: Mode) -> Result<(), String> {
-    match app {
-        App::Echo => Ok(()),
-        App::Chat => chat::fits(mode),
-        App::Talk => talk::fits(mode),
+/// Can this app run in this mode, with these options? If not, the sentence that says why
+/// (a usage error: `tcp-lab` exits 2 with it before listening).
+pub fn app_fits(args: &ServeArgs) -> Result<(), String> {
+    match args.app {
+        App::Echo => return Ok(()),
+        App::Chat => chat::fits(args.mode)?,
+        App::Talk => talk::fits(args.mode)?,
+    }
+    // The echo's ways to misbehave on purpose mean nothing to a chat or a talk.
+    let echo_only = [
+        ("--delay", args.delay.is_some()),
+        ("--reply", args.reply.is_some()),
+        ("--crash-after", args.crash_after.is_some()),
+        ("--reset-after", args.reset_after.is_some()),
+    ];
+    match echo_only.iter().find(|(_, given)| *given) {
+        Some((option, _)) => Err(format!(
+            "{option} shapes the echo; it has no meaning with --app {}",
+            args.app.name()
+        )),
+        None => Ok(()),
     }
 }
 
