@@ -153,6 +153,8 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub parent_keeps_fd: bool,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -185,6 +187,8 @@ pub struct ClientArgs {
     #[arg(long, conflicts_with_all = ["send", "count", "bye", "half_close"])]
     pub naive: bool,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -201,7 +205,30 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--wire` and `--pcap`: the packets themselves, captured on `lo` (root or CAP_NET_RAW).
+#[derive(Debug, Clone, Default, Args)]
+pub struct WireArgs {
+    /// Capture the run's packets on lo and show each one (flags, seq/ack, length, direction)
+    /// between the calls, on the same clock. Needs root or CAP_NET_RAW; without, one line
+    /// says so and the run goes on without packets.
+    #[arg(long)]
+    pub wire: bool,
+    /// Also write the captured packets to FILE (pcap, for Wireshark or `tcpdump -r`).
+    /// Implies --wire.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+}
+
+impl WireArgs {
+    /// Whether a capture was asked for.
+    pub fn wanted(&self) -> bool {
+        self.wire || self.pcap.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]

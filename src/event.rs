@@ -72,6 +72,8 @@ pub enum Kind {
     Error,
     Stop,
     Summary,
+    /// A TCP segment seen on the wire (`--wire`), not a call.
+    Packet,
 }
 
 impl Kind {
@@ -97,6 +99,7 @@ impl Kind {
             Kind::Error => "error",
             Kind::Stop => "stop",
             Kind::Summary => "summary",
+            Kind::Packet => "packet",
         }
     }
 
@@ -119,6 +122,7 @@ impl Kind {
             }
             Kind::Recv | Kind::Send | Kind::WouldBlock => label.dimmed(),
             Kind::Summary => label.bold(),
+            Kind::Packet => label.blue(),
         }
     }
 }
@@ -149,6 +153,27 @@ pub struct Event {
     pub stats: Vec<(&'static str, Value)>,
     /// What happened on the wire and in the kernel, and why.
     pub note: Cow<'static, str>,
+    /// A `packet` event's segment (`--wire`).
+    pub packet: Option<PacketFacts>,
+    /// When the kernel saw it (nanoseconds since the Unix epoch): a packet is stamped with
+    /// the capture's time, not the time it is printed.
+    pub at_ns: Option<u128>,
+}
+
+/// What a `packet` event says about its segment (JSON: `flags`, `seq`, `ack`, `len`,
+/// `from`, `to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketFacts {
+    /// `SYN`, `SYN,ACK`, `PSH,ACK`, `FIN,ACK`, `RST`, …
+    pub flags: String,
+    /// Counted from the sender's first sequence number (its SYN is 0).
+    pub seq: u32,
+    /// Counted from the receiver's first; absent when the ACK flag is not set.
+    pub ack: Option<u32>,
+    /// Payload bytes.
+    pub len: usize,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
 }
 
 impl Event {
@@ -166,6 +191,8 @@ impl Event {
             detail: None,
             stats: Vec::new(),
             note: Cow::Borrowed(""),
+            packet: None,
+            at_ns: None,
         }
     }
 
@@ -261,6 +288,16 @@ impl Event {
                 .collect();
             obj.insert("stats".into(), stats.into());
         }
+        if let Some(p) = &e.packet {
+            obj.insert("flags".into(), p.flags.clone().into());
+            obj.insert("seq".into(), p.seq.into());
+            if let Some(ack) = p.ack {
+                obj.insert("ack".into(), ack.into());
+            }
+            obj.insert("len".into(), p.len.into());
+            obj.insert("from".into(), p.from.to_string().into());
+            obj.insert("to".into(), p.to.to_string().into());
+        }
         if explain && !e.note.is_empty() {
             obj.insert("note".into(), e.note.as_ref().into());
         }
@@ -276,6 +313,8 @@ pub const EPOCH_ENV: &str = "TCP_LAB_EPOCH_NS";
 pub enum Role {
     Server,
     Client,
+    /// The packet capture (`--wire`): what crossed the wire, not a call.
+    Wire,
 }
 
 impl Role {
@@ -283,6 +322,7 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Client => "client",
+            Role::Wire => "wire",
         }
     }
 }
@@ -391,8 +431,16 @@ impl Output {
         let _ = sink.flush();
     }
 
+    /// Seconds since the start: now, or when the kernel saw a packet.
+    fn seconds(&self, e: &Event) -> f64 {
+        match e.at_ns {
+            Some(at_ns) => at_ns.saturating_sub(self.epoch_ns()) as f64 / 1e9,
+            None => self.start.elapsed().as_secs_f64(),
+        }
+    }
+
     fn json_line(&self, e: &Event) -> String {
-        let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let ts = (self.seconds(e) * 1e6).round() / 1e6;
         let mut line = e
             .to_json(ts, self.role, self.mode, self.explain)
             .to_string();
@@ -403,7 +451,7 @@ impl Output {
     /// `  0.532 server #1  recv        6 bytes "hello\n"            ESTABLISHED`
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
-        let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let ts = format!("{:8.3}", self.seconds(e));
         let who = match e.conn {
             Some(id) => format!("{} #{id}", self.role.name()),
             None => self.role.name().to_string(),
@@ -509,6 +557,13 @@ fn text_facts(e: &Event) -> Vec<String> {
             facts.extend(e.local.map(|l| format!("(from {l})")));
         }
         _ => {}
+    }
+    if let Some(p) = &e.packet {
+        facts.push(format!("{} → {}", p.from, p.to));
+        facts.push(p.flags.clone());
+        facts.push(format!("seq={}", p.seq));
+        facts.extend(p.ack.map(|ack| format!("ack={ack}")));
+        facts.push(format!("len={}", p.len));
     }
     if let Some(bytes) = e.bytes {
         facts.push(format!("{bytes} bytes"));
