@@ -35,6 +35,8 @@ const READ_BUF: usize = 64 * 1024;
 pub fn run(args: &ClientArgs) -> Result<()> {
     let out = Output::new(Role::Client, None, &args.output);
     let addr = args.addr.resolve()?;
+    // --wire: this connection's packets as `packet` events, from before the SYN.
+    let _wire = crate::wire::print_for_peer(&args.wire, addr, &args.output, out.epoch_ns())?;
     let client = Client::connect(addr, out)?;
     if args.naive {
         naive(client)

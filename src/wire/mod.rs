@@ -37,7 +37,7 @@ use anyhow::{Context, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use crate::cli::WireArgs;
-use crate::event::{Event, Kind, PacketFacts};
+use crate::event::{Event, Kind, Output, OutputArgs, PacketFacts, Role};
 
 /// The command that lets a learner capture without sudo.
 pub const SETCAP: &str = "sudo setcap cap_net_raw+ep \"$(command -v tcp-lab)\"";
@@ -219,6 +219,34 @@ pub fn start(
     }
 }
 
+/// `serve --wire`, `client --wire`: start capturing `ports` and print each packet as a
+/// `packet` event (role `wire`) on the clock that starts at `epoch_ns`, the command's own.
+pub fn print(
+    args: &WireArgs,
+    ports: &[u16],
+    output: &OutputArgs,
+    epoch_ns: u128,
+) -> Result<Option<Capture>> {
+    let out = Output::new(Role::Wire, None, output).since_epoch_ns(epoch_ns);
+    start(args, ports, move |packet| out.emit(event(&packet)))
+}
+
+/// `client --wire`: the capture watches `lo` only, so a server elsewhere is said once.
+pub fn print_for_peer(
+    args: &WireArgs,
+    peer: SocketAddr,
+    output: &OutputArgs,
+    epoch_ns: u128,
+) -> Result<Option<Capture>> {
+    if args.wanted() && !peer.ip().is_loopback() {
+        eprintln!(
+            "tcp-lab: no packet capture: --wire watches the loopback interface only, and {peer} is not on it"
+        );
+        return Ok(None);
+    }
+    print(args, &[peer.port()], output, epoch_ns)
+}
+
 /// Why a capture did not start.
 enum Start {
     /// This process may not or cannot capture: not an error, the run goes on without it.
@@ -332,9 +360,9 @@ fn create_pcap(path: &Path) -> Result<pcap::PcapWriter<BufWriter<File>>> {
 fn unavailable(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => format!(
-            "--wire needs root or the CAP_NET_RAW capability to open a packet socket, and this \
-             process has neither; the run goes on without packets (a demo's arrows are then \
-             inferred). To capture without sudo: {SETCAP}"
+            "--wire needs root or CAP_NET_RAW to open a packet socket, and this process has \
+             neither; the run goes on without packets (a demo's arrows are inferred). To allow \
+             it: {SETCAP}"
         ),
         _ => format!("cannot open a packet socket on lo ({e}); the run goes on without packets"),
     }
