@@ -20,19 +20,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// Can this process open a packet socket (root, or CAP_NET_RAW)?
-fn can_capture() -> bool {
-    // SAFETY: socket(2) and close(2) on a descriptor we own; protocol 0 receives nothing.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        if fd < 0 {
-            return false;
-        }
-        libc::close(fd);
-    }
-    true
-}
-
 /// Whether a test that needs a capture runs: always where it can capture, and always in CI
 /// (where failing to capture is a failure, not a reason to skip).
 fn capture_required(test: &str) -> bool {
