@@ -94,8 +94,20 @@ impl Flags {
     }
 }
 
-/// The TCP segment in an Ethernet frame, with its raw sequence numbers; None for anything else.
-pub fn parse(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Flags, u32, u32, usize)> {
+/// A TCP segment's header facts, its sequence numbers as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub flags: Flags,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes.
+    pub len: usize,
+}
+
+/// The TCP segment in an Ethernet frame; None for anything else (ARP, UDP, a cut frame).
+pub fn parse(frame: &[u8]) -> Option<Segment> {
     let packet = SlicedPacket::from_ethernet(frame).ok()?;
     let (src, dst): (IpAddr, IpAddr) = match packet.net? {
         NetSlice::Ipv4(ip) => (
@@ -111,16 +123,15 @@ pub fn parse(frame: &[u8]) -> Option<(SocketAddr, SocketAddr, Flags, u32, u32, u
     let TransportSlice::Tcp(tcp) = packet.transport? else {
         return None;
     };
-    // The flags byte is the 14th of the TCP header.
-    let flags = Flags(tcp.slice()[13]);
-    Some((
-        SocketAddr::new(src, tcp.source_port()),
-        SocketAddr::new(dst, tcp.destination_port()),
-        flags,
-        tcp.sequence_number(),
-        tcp.acknowledgment_number(),
-        tcp.payload().len(),
-    ))
+    Some(Segment {
+        from: SocketAddr::new(src, tcp.source_port()),
+        to: SocketAddr::new(dst, tcp.destination_port()),
+        // The flags are the TCP header's 14th byte.
+        flags: Flags(tcp.slice()[13]),
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        len: tcp.payload().len(),
+    })
 }
 
 /// Each direction's first sequence number, to count from it as Wireshark does.
@@ -148,21 +159,25 @@ impl Flows {
         *base
     }
 
+    /// The segment in `frame`, its numbers counted from each side's first.
     fn packet(&mut self, at_ns: u128, frame: &[u8]) -> Option<Packet> {
-        let (from, to, flags, seq, ack, len) = parse(frame)?;
-        let base = self.base(from, to, seq, flags.has(Flags::SYN));
-        let ack = flags.has(Flags::ACK).then(|| {
-            let theirs = *self.first.entry((to, from)).or_insert(ack.wrapping_sub(1));
-            ack.wrapping_sub(theirs)
+        let s = parse(frame)?;
+        let base = self.base(s.from, s.to, s.seq, s.flags.has(Flags::SYN));
+        let ack = s.flags.has(Flags::ACK).then(|| {
+            let theirs = *self
+                .first
+                .entry((s.to, s.from))
+                .or_insert(s.ack.wrapping_sub(1));
+            s.ack.wrapping_sub(theirs)
         });
         Some(Packet {
             at_ns,
-            from,
-            to,
-            flags,
-            seq: seq.wrapping_sub(base),
+            from: s.from,
+            to: s.to,
+            flags: s.flags,
+            seq: s.seq.wrapping_sub(base),
             ack,
-            len,
+            len: s.len,
         })
     }
 }
@@ -229,6 +244,22 @@ pub fn print(
 ) -> Result<Option<Capture>> {
     let out = Output::new(Role::Wire, None, output).since_epoch_ns(epoch_ns);
     start(args, ports, move |packet| out.emit(event(&packet)))
+}
+
+/// `serve --wire`: the listening port's packets. The capture watches `lo` only, so a server
+/// that listens on more than loopback says once that other machines' packets are not shown.
+pub fn print_for_listener(
+    args: &WireArgs,
+    local: SocketAddr,
+    output: &OutputArgs,
+    epoch_ns: u128,
+) -> Result<Option<Capture>> {
+    if args.wanted() && !local.ip().is_loopback() {
+        eprintln!(
+            "tcp-lab: --wire watches the loopback interface only: packets of clients on other machines are not shown"
+        );
+    }
+    print(args, &[local.port()], output, epoch_ns)
 }
 
 /// `client --wire`: the capture watches `lo` only, so a server elsewhere is said once.
@@ -342,8 +373,13 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("tcp-lab: {e:#}");
+        match self.stop() {
+            Ok(summary) if summary.dropped > 0 => eprintln!(
+                "tcp-lab: the capture missed {} packets (it fell behind): not every packet was shown",
+                summary.dropped
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("tcp-lab: {e:#}"),
         }
     }
 }
