@@ -730,4 +730,49 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn captured_packets_are_the_arrows_and_nothing_is_inferred() {
+        let c = "127.0.0.1:40000";
+        let s = "127.0.0.1:7788";
+        let packet = |ts: f64, flags: &str, from: &str, to: &str, seq: u64, len: u64| {
+            json!({"ts": ts, "role": "wire", "kind": "packet", "flags": flags, "seq": seq,
+                   "ack": 1, "len": len, "from": from, "to": to})
+        };
+        let events = vec![
+            json!({"ts": 0.0, "role": "server", "kind": "listen", "local": s}),
+            packet(0.1, "SYN", c, s, 0, 0),
+            packet(0.1, "SYN,ACK", s, c, 0, 0),
+            json!({"ts": 0.1, "role": "client", "kind": "connect", "local": c, "peer": s}),
+            packet(0.2, "PSH,ACK", c, s, 1, 2),
+            json!({"ts": 0.2, "role": "client", "kind": "send", "local": c, "peer": s, "bytes": 2}),
+            packet(0.3, "RST", s, c, 1, 0),
+        ];
+        let text = render(&events, false, Arrows::Captured);
+        let arrows: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split('│').nth(1))
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(
+            arrows,
+            [
+                "── SYN ────────────▶",
+                "◀──────── SYN,ACK ──",
+                "── PSH,ACK ────────▶",
+                "◀──────────── RST ──",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("packets on lo"), "{text}");
+        assert!(
+            text.contains("seq=1 ack=1 len=2│"),
+            "the sender's numbers: {text}"
+        );
+        // Without a capture the same events draw nothing from the packets.
+        let inferred = render(&events, false, Arrows::InferredNoCapture);
+        assert!(inferred.contains("(arrows inferred)"), "{inferred}");
+        assert!(!inferred.contains("PSH,ACK"), "{inferred}");
+    }
 }
