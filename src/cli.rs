@@ -44,6 +44,7 @@ pub enum Command {
         tcp-lab demo --list                       # every scenario, with what it shows\n  \
         tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
         tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
+        tcp-lab demo abort-rst --wire             # the packets themselves (root or CAP_NET_RAW)\n  \
         tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
     Demo(DemoArgs),
     /// List the lessons, or print one (by number or name).
