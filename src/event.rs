@@ -705,6 +705,39 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_is_stamped_with_the_kernels_time_on_the_events_clock() {
+        let args = OutputArgs {
+            format: Format::Json,
+            color: ColorChoice::Never,
+            no_explain: false,
+        };
+        let out = Output::new(Role::Wire, None, &args);
+        let mut packet = Event::new(Kind::Packet);
+        packet.at_ns = Some(out.epoch_ns() + 1_500_000_000);
+        packet.packet = Some(PacketFacts {
+            flags: "FIN,ACK".into(),
+            seq: 7,
+            ack: Some(8),
+            len: 0,
+            from: "127.0.0.1:7788".parse().unwrap(),
+            to: "127.0.0.1:40000".parse().unwrap(),
+        });
+        let line: Value = serde_json::from_str(&out.json_line(&packet)).unwrap();
+        // Two reads of two clocks (realtime, monotonic) apart: equal within a microsecond or so.
+        let ts = line["ts"].as_f64().unwrap();
+        assert!((ts - 1.5).abs() < 1e-3, "{ts}");
+        assert_eq!(line["role"], "wire");
+        assert_eq!(line["kind"], "packet");
+        assert_eq!(line["flags"], "FIN,ACK");
+        assert_eq!(
+            (line["seq"].as_u64(), line["ack"].as_u64()),
+            (Some(7), Some(8))
+        );
+        assert_eq!(line["from"], "127.0.0.1:7788");
+        assert_eq!(line["to"], "127.0.0.1:40000");
+    }
+
+    #[test]
     fn visible_len_skips_colour() {
         assert_eq!(visible_len("\x1b[36m[LISTEN]\x1b[0m"), 8);
     }

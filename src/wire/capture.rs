@@ -21,7 +21,7 @@ pub const TICK: Duration = Duration::from_millis(50);
 const FRAME_BUF: usize = 128 * 1024;
 
 /// What the kernel queues for the capture before it drops: enough for a thousand clients'
-/// handshakes at once (the kernel caps it at net.core.rmem_max).
+/// handshakes at once.
 const RCVBUF: libc::c_int = 8 << 20;
 
 /// A frame as captured: when the kernel saw it, its bytes, and its length on the wire.
@@ -74,7 +74,10 @@ impl PacketSocket {
         socket.set_filter(ports)?;
         let on: libc::c_int = 1;
         setsockopt(&socket.fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &on)?;
-        let _ = setsockopt(&socket.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF);
+        // Beyond net.core.rmem_max only with CAP_NET_ADMIN (root has it); else what is allowed.
+        if setsockopt(&socket.fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
+            let _ = setsockopt(&socket.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF);
+        }
         let tick = libc::timeval {
             tv_sec: 0,
             tv_usec: TICK.as_micros() as libc::suseconds_t,
