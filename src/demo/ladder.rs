@@ -402,6 +402,12 @@ pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
+            // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
+            Kind::Timeout if side == Side::Client => {}
+            Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
             Kind::Close | Kind::Timeout | Kind::Limit => {
                 d.gone[me] = true;
                 if !d.fin[me] && !d.rst[me] {
@@ -602,13 +608,15 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
             vec![label(call), plain(format!("= {errno}"))]
         }
         Kind::BrokenPipe => vec![label("write()"), plain(format!("= {errno}"))],
+        Kind::Timeout if e["role"] == "client" => vec![label("gave up waiting")],
         Kind::Timeout => vec![label("idle: close()")],
         Kind::Limit => vec![label("full: close()")],
         Kind::Spawn => vec![label("spawn")],
         Kind::Exit => vec![label("exit")],
         Kind::WouldBlock => vec![label("WouldBlock")],
         Kind::Error => vec![label("error"), plain(errno.to_string())],
-        Kind::Stop => vec![label("Ctrl-C: stop")],
+        // Every stop in a demo is the demo's doing: it sends the server SIGINT.
+        Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
         Kind::Packet => vec![label("packet")],
     };
