@@ -33,6 +33,8 @@ const READ_BUF: usize = 64 * 1024;
 pub fn run(args: &ClientArgs) -> Result<()> {
     let out = Output::new(Role::Client, None, &args.output).named(args.name.clone());
     let addr = args.addr.resolve()?;
+    // --wire: this connection's packets as `packet` events, from before the SYN.
+    let _wire = crate::wire::print_for_peer(&args.wire, addr, &args.output, out.epoch_ns())?;
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
     let mut client = Client::connect(addr, Arc::new(out), connect_timeout)?;
     client.wait = Duration::from_secs_f64(args.wait);

@@ -382,6 +382,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
+    let local = listener.local_addr().unwrap_or(addr);
+    let _wire =
+        crate::wire::print_for_listener(&args.wire, local, &args.output, server.out.epoch_ns())?;
     server.out.emit(
         Event::new(Kind::Listen)
             .addrs(listener.local_addr().ok(), None)
