@@ -291,11 +291,7 @@ fn serve_and_client_print_packet_events_on_their_own_clocks() {
 
 /// The client's own capture runs until its `run` returns, after its close: the FIN (or, with
 /// `--abort`, the RST) its close event announces must be in it, at or before that event.
-///
-/// COORDINATOR: fails on main since 50192a0 (branch cli): `close_on_ctrl_c` keeps a dup of the
-/// socket for the Ctrl-C handler, so `drop(self.stream)` closes one descriptor of two and sends
-/// nothing; the FIN or RST leaves only when the process exits, ~3 ms after the `close` event
-/// (seen in `demo orderly-close --wire`), and after the client's capture has stopped.
+/// (A copy of the socket kept for the Ctrl-C handler once delayed the FIN to the process's exit.)
 #[test]
 fn the_clients_close_sends_its_packet_when_its_event_says() {
     if !capture_required("the_clients_close_sends_its_packet") {
@@ -488,10 +484,6 @@ fn crash_sends_what_its_note_says(mode: &str) {
 
 /// The handler dies with input it never read: a second message arrives while the first is
 /// being answered (`--delay`), and the crash comes after the first.
-///
-/// COORDINATOR: fails on branch `wire` alone — its note says FIN, the kernel sends RST. Branch
-/// `rel` (d943b07, FIONREAD before every close) makes the event say RST; with it merged this
-/// passes.
 #[test]
 fn crash_with_unread_input_sends_what_its_note_says() {
     if !capture_required("crash_with_unread_input") {
@@ -531,9 +523,6 @@ fn max_conns_sends_what_its_note_says() {
 
 /// Ctrl-C while connections wait in the accept queue: one that said nothing, one whose bytes
 /// sit unread in its socket. The blocking server is busy with a first client meanwhile.
-///
-/// COORDINATOR: fails on branch `wire` alone for the queued connection with unread bytes (the
-/// note says FIN, the kernel sends RST); branch `rel` (d943b07) fixes the note.
 #[test]
 fn stop_with_queued_connections_sends_what_the_notes_say() {
     if !capture_required("stop_with_queued_connections") {
