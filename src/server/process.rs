@@ -99,11 +99,12 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
     // For this one socket we want the opposite: clear FD_CLOEXEC in the child, between
     // fork and exec, so the new program finds the socket at the same number.
     let parent = std::process::id();
-    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
-    // must be.
+    // SAFETY: fcntl, sigprocmask, prctl and getppid are async-signal-safe, as code between
+    // fork and exec must be.
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
+            super::block_stop_signals()?; // until the child's own handler is installed
             die_with_parent(parent)
         });
     }
