@@ -36,12 +36,13 @@ pub enum Command {
         tcp-lab client --count 10 --bye          # the seeds' client: 10 messages, then Bye\n  \
         tcp-lab client --send hi --half-close    # shutdown(Write), then read until EOF\n  \
         tcp-lab client --send hi --abort         # close with an RST instead of a FIN\n  \
-        tcp-lab client --naive                   # blocks in recv: misses the server's FIN")]
+        tcp-lab client --naive                   # blocks in recv: misses the server's FIN\n  \
+        tcp-lab client --name alice --count 3    # label the events: two clients, one terminal")]
     Client(ClientArgs),
     /// Run a scenario: a real server and client(s) on 127.0.0.1, one phenomenon made to
     /// happen on purpose, drawn as one ladder diagram, then checked.
     #[command(after_help = "Examples:\n  \
-        tcp-lab demo --list                       # every scenario, with what it shows\n  \
+        tcp-lab demo                              # every scenario, with what it shows\n  \
         tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
         tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
         tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
@@ -185,14 +186,28 @@ pub struct ClientArgs {
     /// The seeds' blocking client: read stdin, send, block in recv.
     #[arg(long, conflicts_with_all = ["send", "count", "bye", "half_close"])]
     pub naive: bool,
+    /// How long to wait for an echo (and, after --bye or --half-close, for the server's FIN)
+    /// before giving up on it; giving up is a `timeout` event, and the script goes on.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = positive_seconds)]
+    pub wait: f64,
+    /// Give up connecting after SECS seconds. A listener whose accept queue (its backlog) is
+    /// full drops our SYN without an answer; Linux resends it (after 1 s, 3 s, 7 s, …) and
+    /// connect() waits in SYN_SENT until this timeout ends it (exit status 1).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = positive_seconds)]
+    pub connect_timeout: f64,
+    /// Label this client's events (the text's who column, JSON field `name`), so two
+    /// clients printing to one terminal can be told apart. 1 to 10 letters, digits, - or _.
+    #[arg(long, value_name = "NAME", value_parser = client_name)]
+    pub name: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The scenario to run (the names are attached in [`crate::command`], which knows the demos).
-    #[arg(value_name = "NAME", required_unless_present = "list")]
+    /// The scenario to run; without it, the list (the names are attached in
+    /// [`crate::command`], which knows the demos).
+    #[arg(value_name = "NAME")]
     pub name: Option<String>,
     /// List the scenarios, one a line: its name, then what it shows.
     #[arg(long, conflicts_with = "name")]
@@ -210,7 +225,7 @@ pub struct LessonArgs {
     /// The lesson's number (`6`, `06`) or name (`close`); without it, the list.
     #[arg(value_name = "N|NAME")]
     pub lesson: Option<String>,
-    /// Format headings and code for a terminal.
+    /// Colour the headings, commands and code (the layout is the same either way).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }
@@ -289,5 +304,26 @@ fn seconds(text: &str) -> Result<f64, String> {
         Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
         Ok(_) => Err("must be between 0 and 86400 seconds".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A number of seconds more than 0 (a wait of nothing would give up at once).
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match seconds(text)? {
+        secs if secs > 0.0 => Ok(secs),
+        _ => Err("must be more than 0 seconds".into()),
+    }
+}
+
+/// `--name`: short enough for the who column, and nothing that could drive a terminal.
+fn client_name(text: &str) -> Result<String, String> {
+    let fits = (1..=10).contains(&text.chars().count())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if fits {
+        Ok(text.to_string())
+    } else {
+        Err("1 to 10 letters, digits, - or _ (it labels the who column)".into())
     }
 }

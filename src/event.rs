@@ -145,6 +145,9 @@ pub struct Event {
     pub errno: Option<&'static str>,
     /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
     pub detail: Option<String>,
+    /// The process id, on `listen`: so a learner can point strace, ss -p or pstree at this
+    /// very server, and not at someone else's on a shared machine.
+    pub pid: Option<u32>,
     /// Bytes left unread in our receive buffer when we closed: the kernel discarded them
     /// and sent an RST instead of a FIN.
     pub unread: Option<usize>,
@@ -170,6 +173,7 @@ impl Event {
             tcp_state: None,
             errno: None,
             detail: None,
+            pid: None,
             unread: None,
             discarded: None,
             stats: Vec::new(),
@@ -209,6 +213,11 @@ impl Event {
 
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn pid(mut self, pid: u32) -> Event {
+        self.pid = Some(pid);
         self
     }
 
@@ -271,6 +280,9 @@ impl Event {
         if let Some(detail) = &e.detail {
             obj.insert("detail".into(), detail.clone().into());
         }
+        if let Some(pid) = e.pid {
+            obj.insert("pid".into(), pid.into());
+        }
         if let Some(unread) = e.unread {
             obj.insert("unread".into(), unread.into());
         }
@@ -326,6 +338,9 @@ pub struct Output {
     flush_each: bool,
     /// Columns to wrap notes at.
     width: usize,
+    /// `client --name`: shown instead of the role in text, and as JSON `name`, so two
+    /// clients printing to one terminal can be told apart.
+    name: Option<String>,
     start: Instant,
     sink: Sink,
 }
@@ -476,6 +491,7 @@ impl Output {
             quiet: false,
             flush_each: true,
             width: note_width(),
+            name: None,
             start: Instant::now(),
             sink: Sink::Direct(Mutex::new(BufWriter::with_capacity(
                 64 * 1024,
@@ -491,6 +507,12 @@ impl Output {
     /// Drop per-message events (`--quiet`).
     pub fn quiet(mut self, quiet: bool) -> Output {
         self.quiet = quiet;
+        self
+    }
+
+    /// Label every event with `name` (`client --name`).
+    pub fn named(mut self, name: Option<String>) -> Output {
+        self.name = name;
         self
     }
 
@@ -599,9 +621,11 @@ most {} KiB of events wait for it)\n",
 
     fn json_line(&self, e: &Event) -> String {
         let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        let mut line = e
-            .to_json(ts, self.role, self.mode, self.explain)
-            .to_string();
+        let mut json = e.to_json(ts, self.role, self.mode, self.explain);
+        if let (Some(name), Value::Object(obj)) = (&self.name, &mut json) {
+            obj.shift_insert(2, "name".into(), name.as_str().into()); // after ts and role
+        }
+        let mut line = json.to_string();
         line.push('\n');
         line
     }
@@ -610,9 +634,10 @@ most {} KiB of events wait for it)\n",
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
         let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let who = self.name.as_deref().unwrap_or(self.role.name());
         let who = match e.conn {
-            Some(id) => format!("{} #{id}", self.role.name()),
-            None => self.role.name().to_string(),
+            Some(id) => format!("{who} #{id}"),
+            None => who.to_string(),
         };
         let mut facts = text_facts(e);
         // The state stands apart from the facts, by two spaces even when it is alone.
@@ -728,6 +753,9 @@ fn text_facts(e: &Event) -> Vec<String> {
     }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());
+    }
+    if let Some(pid) = e.pid {
+        facts.push(format!("pid {pid}"));
     }
     if let Some(unread) = e.unread {
         facts.push(format!("{unread} bytes unread"));

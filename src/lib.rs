@@ -71,9 +71,53 @@ fn demo_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(names)
 }
 
+/// The name the shell completes: the installed binary.
+const BIN: &str = "tcp-lab";
+
 /// Write the completion script for `shell` to stdout.
 fn print_completions(shell: clap_complete::Shell) {
-    clap_complete::generate(shell, &mut command(), "tcp-lab", &mut std::io::stdout());
+    print!("{}", completion_script(shell));
+}
+
+/// The completion script for `shell`, made from [`completion_command`].
+pub fn completion_script(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut completion_command(), BIN, &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => fix_bash_state_names(&script),
+        _ => script,
+    }
+}
+
+/// The command line as completions offer it: [`command`] without its hidden subcommands
+/// (`serve-child` is tcp-lab talking to itself, never something to type). clap cannot remove
+/// a subcommand, so the top level is rebuilt around the visible ones.
+fn completion_command() -> clap::Command {
+    let full = command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new(BIN)
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .subcommand_required(true)
+        .subcommands(visible)
+}
+
+/// clap_complete's bash script (4.6.11 and 4.6.12) names its states two ways when the
+/// binary's name has a dash: the loop that reads the words sets `cmd="tcp__lab__subcmd__demo"`,
+/// but the `case` that completes matches `tcp__subcmd__lab__subcmd__demo)`, so nothing after
+/// the subcommand ever completed (clap-rs/clap#6421). Spell the labels as the loop does.
+fn fix_bash_state_names(script: &str) -> String {
+    let loop_name = BIN.replace('-', "__"); // tcp__lab
+    let label_name = BIN.replace('-', "__subcmd__"); // tcp__subcmd__lab
+    script.replace(
+        &format!("{label_name}__subcmd__"),
+        &format!("{loop_name}__subcmd__"),
+    )
 }
 
 /// Run one command. Errors come back as values, for `main` to print as one line.

@@ -80,10 +80,10 @@ closed its socket and sent the FIN. The peer learns nothing of the crash itself"
 
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
-anything unsent. The peer's next read fails ECONNRESET; nobody keeps a TIME_WAIT";
+anything unsent. The peer's next call, read or write, fails ECONNRESET; nobody keeps a TIME_WAIT";
 
 pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
-sends an RST instead of a FIN and discards the data. The peer's read fails ECONNRESET";
+sends an RST instead of a FIN and discards the data. The peer's next read or write fails ECONNRESET";
 
 /// The note for a close that finds input still unread (FIONREAD > 0): the kernel discards
 /// it and sends an RST, not the FIN that `fin_note` describes.
@@ -133,7 +133,8 @@ those bytes unread the kernel sends an RST, not a FIN: the peer's read fails ECO
 
 pub const RESET: &str =
     "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
-it never read, or we wrote after it was gone). The connection is destroyed at once";
+it never read, or we wrote after it was gone). The connection is destroyed at once; the first call \
+after an RST, read or write, reports it, and later writes fail EPIPE";
 
 pub const BROKEN_PIPE: &str =
     "write() failed EPIPE: the connection is already dead (its FIN came, and \
@@ -205,3 +206,32 @@ pub const SELECT_LIMIT: &str = "select() watches descriptors through an fd_set, 
 FD_SETSIZE (1024) bits: a descriptor at or above it cannot be put in the set (writing past the \
 bitmap is undefined behaviour), so the connection is accepted, told why, and closed. poll and \
 epoll have no such wall";
+
+pub const WAIT_ECHO: &str = "we stopped waiting for the echo (--wait): not all we sent has come \
+back yet. Giving up sends nothing on the wire; the connection stays open and the client goes on";
+
+pub const WAIT_FIN: &str = "we stopped waiting for the server's FIN (--wait): giving up sends \
+nothing on the wire; the client now closes its side as asked";
+
+pub const CONNECT_TIMEOUT: &str = "connect() gave up (--connect-timeout): no SYN-ACK came. A \
+listener whose accept queue (backlog) is full drops SYNs without an answer, and our kernel resent \
+ours after 1 s, 3 s, …; the socket stayed SYN_SENT. Closing it sends nothing: there was never a \
+connection";
+
+pub const CLOSE_CTRL_C: &str = "Ctrl-C: the client exits without calling close(); the kernel \
+closes its socket for it and sends our FIN, and the server's read returns 0 (EOF)";
+
+pub const CLOSE_CTRL_C_UNREAD: &str = "Ctrl-C with data still unread in our receive buffer: the \
+kernel closes the socket for the exiting client with an RST instead of a FIN and discards the \
+data; the server's next read or write fails ECONNRESET";
+
+pub const CLOSE_CTRL_C_AFTER_FIN: &str =
+    "Ctrl-C after our FIN already went out: the kernel closes \
+the socket for the exiting client and sends nothing new";
+
+pub const EOF_NAIVE_DEMO: &str =
+    "read() returned 0: the server's FIN, which had arrived some 300 ms \
+earlier, while this naive client sat blocked reading its stdin (a pipe: the demo types each line \
+into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
+into that closed connection still succeeded (into our kernel); the server's kernel answered it \
+with an RST, so the next write fails EPIPE";

@@ -356,8 +356,14 @@ pub fn render(events: &[Value], explain: bool) -> String {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
+            // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
+            Kind::Timeout if side == Side::Client => {}
             // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
             Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
+            Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
@@ -502,13 +508,15 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
             vec![label(call), plain(format!("= {errno}"))]
         }
         Kind::BrokenPipe => vec![label("write()"), plain(format!("= {errno}"))],
+        Kind::Timeout if e["role"] == "client" => vec![label("gave up waiting")],
         Kind::Timeout => vec![label("idle: close()")],
         Kind::Limit => vec![label("full: close()")],
         Kind::Spawn => vec![label("spawn")],
         Kind::Exit => vec![label("exit")],
         Kind::WouldBlock => vec![label("WouldBlock")],
         Kind::Error => vec![label("error"), plain(errno.to_string())],
-        Kind::Stop => vec![label("Ctrl-C: stop")],
+        // Every stop in a demo is the demo's doing: it sends the server SIGINT.
+        Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
     };
     if let Some(data) = e["data"].as_str() {

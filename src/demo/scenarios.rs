@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use super::{conn, is, ts, Lab, CLIENT, SERVER};
+use super::{conn, is, ts, Lab, PortInUse, CLIENT, SERVER};
 use crate::event::{Event, Kind, Role};
 use crate::server::Connection;
 use crate::{note, tcp_state};
@@ -517,6 +517,8 @@ fn write_after_fin(lab: &mut Lab) -> Result<String> {
         is(e, CLIENT, "send") && e["data"] == "second\\n"
     })?;
     let eof = lab.wait("the read to return 0", |e| is(e, CLIENT, "eof"))?;
+    // The client's own note speaks of stdin; here it is the demo that types into it.
+    lab.renote(|e| is(e, CLIENT, "eof"), note::EOF_NAIVE_DEMO);
     lab.type_line(client, "third\n")?;
     let epipe = lab.wait("the next write to fail EPIPE", |e| {
         is(e, CLIENT, "broken_pipe")
@@ -572,9 +574,7 @@ fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind {addr}"))?;
+    bind(&socket, addr)?;
     socket.listen(backlog)?;
     let listener: TcpListener = socket.into();
     let event = Event::new(Kind::Listen)
@@ -584,6 +584,14 @@ fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
         .note(note::LISTEN);
     lab.emit(Role::Server, event);
     Ok(listener)
+}
+
+/// bind() for the demo's own sockets: a port in use is said as such ([`PortInUse`]).
+fn bind(socket: &Socket, addr: SocketAddr) -> Result<()> {
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(PortInUse(addr.port()).into()),
+        result => result.with_context(|| format!("cannot bind {addr}")),
+    }
 }
 
 /// accept() on the demo's own listener, bounded in time: connection #1, announced.
@@ -640,9 +648,7 @@ fn refused(lab: &mut Lab) -> Result<String> {
     // Hold the port (bound, not listening) so nobody else takes it while the client tries.
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind {addr}"))?;
+    bind(&socket, addr)?;
     let port = socket
         .local_addr()?
         .as_socket()
@@ -696,12 +702,12 @@ fn byte_stream(lab: &mut Lab) -> Result<String> {
     let port = listener.local_addr()?.port();
     let three = ["--send", "one", "--send", "two", "--send", "three"];
     lab.client(port, &[&three[..], &["--half-close"]].concat())?;
-    let mut conn = raw_accept(lab, &listener)?;
-    // The client writes three times before we read at all: its shutdown proves all three
-    // are in our receive buffer.
+    // The client writes three times before we accept or read at all: its shutdown proves
+    // all three are in our receive buffer (the kernel queued them on the unaccepted socket).
     lab.wait("the client's shutdown(Write)", |e| {
         is(e, CLIENT, "shutdown")
     })?;
+    let mut conn = raw_accept(lab, &listener)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = conn.stream.read(&mut buf).context("read() failed")?;
     let recv = conn.event(Kind::Recv).payload(&buf[..n]);

@@ -374,6 +374,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .addrs(listener.local_addr().ok(), None)
             .state(tcp_state::of(&listener))
             .detail(format!("backlog {}", args.backlog))
+            .pid(std::process::id())
             .note(note::LISTEN),
     );
     server.out.flush(); // a script waits for this line to learn the port

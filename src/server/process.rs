@@ -23,7 +23,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,12 +108,17 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             die_with_parent(parent)
         });
     }
-    let child = command.spawn().context("cannot start a child process")?;
+    // The child's stdin is a pipe from us: it waits for its end (EOF) before it serves, so
+    // our `spawn` event is printed before anything the child prints (both write to one stdout).
+    command.stdin(Stdio::piped());
+    let mut child = command.spawn().context("cannot start a child process")?;
     server.out.emit(
         conn.event(Kind::Spawn)
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
+    server.out.flush();
+    drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
 
@@ -224,6 +229,7 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
+    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -251,6 +257,22 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
             std::process::exit(CRASH_STATUS);
+        }
+    }
+}
+
+/// Our stdin is a pipe from the parent, which closes it once it has printed our `spawn`
+/// event: read it to its end, so none of our events can be printed before that one. (If the
+/// parent dies first, its end closes too: EOF all the same.)
+fn wait_for_the_parents_spawn_event() {
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match std::io::Read::read(&mut stdin, &mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return, // no stdin to wait on: nothing to order against
         }
     }
 }

@@ -79,10 +79,12 @@ fn spawn_handler(conn: Connection, server: &Arc<Server>) -> std::io::Result<Hand
         .detail(format!("thread {name}"))
         .note(note::SPAWN_THREAD);
     let shared = Arc::clone(server);
-    let thread = thread::Builder::new()
-        .name(name)
-        .spawn(move || handle(conn, &shared))?;
-    server.out.emit(spawn_event);
+    // The new thread prints its own `spawn` before anything else it does: printed by the
+    // main thread after spawn() returns, it could come after the handler's first read.
+    let thread = thread::Builder::new().name(name).spawn(move || {
+        shared.out.emit(spawn_event);
+        handle(conn, &shared)
+    })?;
     Ok(Handler { conn: id, thread })
 }
 
