@@ -38,6 +38,10 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
+/// How long the parent waits for its `spawn` event to reach stdout before letting the child
+/// start (a stdout nobody reads must not hold up every connection).
+const SPAWN_EVENT_WAIT: Duration = Duration::from_millis(200);
+
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
 
@@ -117,7 +121,8 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    server.out.flush();
+    // Written out before the go-ahead (unless stdout is stuck: then events are shed anyway).
+    server.out.flush_and_wait(SPAWN_EVENT_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
