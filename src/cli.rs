@@ -91,6 +91,29 @@ impl Mode {
     }
 }
 
+/// What the server does with the bytes it reads (`--mode` still chooses how it waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum App {
+    /// Send every byte back, exactly as it came.
+    Echo,
+    /// A chat with rooms: each user's lines go to the others in its room (nc, telnet, or
+    /// `tcp-lab client`). Modes: threaded, nonblocking, select, poll.
+    Chat,
+    /// The server's operator talks to one client through this terminal (seed 004):
+    /// blocking is half-duplex, poll and threaded are full-duplex.
+    Talk,
+}
+
+impl App {
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Chat => "chat",
+            App::Talk => "talk",
+        }
+    }
+}
+
 /// Where the server listens or the client connects.
 #[derive(Debug, Clone, Args)]
 pub struct AddrArgs {
@@ -112,6 +135,14 @@ pub struct ServeArgs {
     /// The concurrency model.
     #[arg(long, value_enum, default_value_t = Mode::Poll)]
     pub mode: Mode,
+    /// What the server does with the bytes: echo them, run a chat, or talk (seed 004).
+    #[arg(long, value_enum, default_value_t = App::Echo)]
+    pub app: App,
+    /// Chat: the longest line accepted, in bytes; a longer one is refused and its
+    /// connection closed, so a peer that never sends a newline costs bounded memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
+    pub max_line: u32,
     #[command(flatten)]
     pub addr: AddrArgs,
     /// The listen backlog: how many finished handshakes the kernel queues before accept().

@@ -72,6 +72,14 @@ pub enum Kind {
     Error,
     Stop,
     Summary,
+    /// Chat: a member entered a room.
+    Join,
+    /// Chat: a member left a room (or the chat), with the reason.
+    Leave,
+    /// Chat: a member changed its nick.
+    Nick,
+    /// Chat: one line relayed to the other members of a room (or to one, `/msg`).
+    Relay,
 }
 
 impl Kind {
@@ -97,12 +105,16 @@ impl Kind {
             Kind::Error => "error",
             Kind::Stop => "stop",
             Kind::Summary => "summary",
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+            Kind::Nick => "nick",
+            Kind::Relay => "relay",
         }
     }
 
     /// Per-message events, dropped by `--quiet`.
     pub fn is_data(self) -> bool {
-        matches!(self, Kind::Recv | Kind::Send)
+        matches!(self, Kind::Recv | Kind::Send | Kind::Relay)
     }
 
     /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
@@ -117,8 +129,10 @@ impl Kind {
             Kind::Refused | Kind::Abort | Kind::Reset | Kind::BrokenPipe | Kind::Error => {
                 label.red().bold()
             }
-            Kind::Recv | Kind::Send | Kind::WouldBlock => label.dimmed(),
+            Kind::Recv | Kind::Send | Kind::WouldBlock | Kind::Relay => label.dimmed(),
             Kind::Summary => label.bold(),
+            Kind::Join | Kind::Nick => label.green(),
+            Kind::Leave => label.yellow(),
         }
     }
 }
@@ -156,6 +170,14 @@ pub struct Event {
     pub discarded: Option<usize>,
     /// Counters, on `summary` events.
     pub stats: Vec<(&'static str, Value)>,
+    /// Chat: the room (without `#`) a `join`, `leave` or `relay` is about.
+    pub room: Option<String>,
+    /// Chat: the member's nick (`nick`: the new one).
+    pub nick: Option<String>,
+    /// Chat: who said the relayed line (`relay`); the old nick (`nick`).
+    pub from: Option<String>,
+    /// Chat: how many members received the relayed line (`relay`).
+    pub to: Option<u64>,
     /// What happened on the wire and in the kernel, and why.
     pub note: Cow<'static, str>,
 }
@@ -177,6 +199,10 @@ impl Event {
             unread: None,
             discarded: None,
             stats: Vec::new(),
+            room: None,
+            nick: None,
+            from: None,
+            to: None,
             note: Cow::Borrowed(""),
         }
     }
@@ -236,6 +262,30 @@ impl Event {
         self
     }
 
+    /// Chat: the room the event is about.
+    pub fn room(mut self, room: impl Into<String>) -> Event {
+        self.room = Some(room.into());
+        self
+    }
+
+    /// Chat: the member's nick.
+    pub fn nick(mut self, nick: impl Into<String>) -> Event {
+        self.nick = Some(nick.into());
+        self
+    }
+
+    /// Chat: who said it (`relay`), or the old nick (`nick`).
+    pub fn from(mut self, from: impl Into<String>) -> Event {
+        self.from = Some(from.into());
+        self
+    }
+
+    /// Chat: how many received it (`relay`).
+    pub fn to(mut self, to: u64) -> Event {
+        self.to = Some(to);
+        self
+    }
+
     pub fn note(mut self, note: impl Into<Cow<'static, str>>) -> Event {
         self.note = note.into();
         self
@@ -288,6 +338,18 @@ impl Event {
         }
         if let Some(discarded) = e.discarded {
             obj.insert("discarded".into(), discarded.into());
+        }
+        if let Some(room) = &e.room {
+            obj.insert("room".into(), room.clone().into());
+        }
+        if let Some(nick) = &e.nick {
+            obj.insert("nick".into(), nick.clone().into());
+        }
+        if let Some(from) = &e.from {
+            obj.insert("from".into(), from.clone().into());
+        }
+        if let Some(to) = e.to {
+            obj.insert("to".into(), to.into());
         }
         if !e.stats.is_empty() {
             let stats: Map<String, Value> = e
@@ -776,6 +838,22 @@ fn text_facts(e: &Event) -> Vec<String> {
     }
     if let Some(errno) = e.errno {
         facts.push(errno.red().to_string());
+    }
+    // Chat: `alice (was user3) #lobby → 4`
+    if let (Kind::Relay, Some(from)) = (e.kind, &e.from) {
+        facts.push(format!("<{from}>"));
+    }
+    if let Some(nick) = &e.nick {
+        facts.push(nick.clone());
+    }
+    if let (Kind::Nick, Some(old)) = (e.kind, &e.from) {
+        facts.push(format!("(was {old})"));
+    }
+    if let Some(room) = &e.room {
+        facts.push(format!("#{room}"));
+    }
+    if let Some(to) = e.to {
+        facts.push(format!("to {to}"));
     }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());

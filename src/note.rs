@@ -235,3 +235,38 @@ earlier, while this naive client sat blocked reading its stdin (a pipe: the demo
 into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
 into that closed connection still succeeded (into our kernel); the server's kernel answered it \
 with an RST, so the next write fails EPIPE";
+
+pub const CHAT_JOIN: &str = "a member entered a room: the others there were told `* NICK joined`";
+
+pub const CHAT_LEAVE: &str = "a member left a room: the others there were told, with the reason";
+
+pub const CHAT_NICK: &str =
+    "a member changed its nick; nicks are unique, so the old one is free again";
+
+pub const CHAT_RELAY: &str = "one line, framed out of the byte stream at its newline, copied into \
+the queue of every other member of the room; each queue is written when its socket can take it";
+
+pub const CHAT_DROPPED: &str =
+    "more than 64 KiB of text waited for this member: it is not reading. \
+Keeping it would let one slow reader grow the server's memory without bound (or, with blocking \
+writes, stall everyone who talks to it), so it is dropped and its room told";
+
+pub const CHAT_ABORT_DROPPED: &str = "close() with SO_LINGER 0: the kernel discards the bytes it \
+still held for this peer and sends an RST, instead of trying for minutes to deliver them; the \
+peer's reads fail ECONNRESET once the RST arrives";
+
+pub const CHAT_TOO_LONG: &str = "no newline within --max-line bytes: a line can only be held \
+whole, so holding more would let one peer grow our memory without bound. It is told why, and closed";
+
+pub const CHAT_CLOSE_TOO_LONG: &str = "close() after the refusal went out: the rest of the \
+over-long line was read and thrown away first, so the kernel sends a FIN, not an RST (closing \
+with unread input sends an RST)";
+
+pub const CHAT_QUIT: &str = "/quit: the server closes first. Anything sent after it was read and \
+thrown away, so the kernel sends our FIN (not an RST), and this side ends in TIME_WAIT";
+
+pub const TALK_RECV: &str = "the client's words: read() returned what had arrived. In half-duplex \
+(blocking) the server now waits for its operator, and reads nothing more until the reply is sent";
+
+pub const TALK_OPERATOR_EOF: &str = "the operator ended its input (Ctrl-D): we close, the kernel \
+sends our FIN, and the server stops: there is nobody left to talk";

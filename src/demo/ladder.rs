@@ -418,7 +418,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
 }
 
 fn kind_of(e: &Value) -> Kind {
-    const KINDS: [Kind; 20] = [
+    const KINDS: [Kind; 24] = [
         Kind::Listen,
         Kind::Accept,
         Kind::Connect,
@@ -439,6 +439,10 @@ fn kind_of(e: &Value) -> Kind {
         Kind::Error,
         Kind::Stop,
         Kind::Summary,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Nick,
+        Kind::Relay,
     ];
     let name = e["kind"].as_str().unwrap_or("");
     KINDS
@@ -518,6 +522,19 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         // Every stop in a demo is the demo's doing: it sends the server SIGINT.
         Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
+        // Chat: what the rooms did with a line or a member.
+        Kind::Join | Kind::Leave => vec![
+            label(kind.name()),
+            plain(format!("{} #{}", text(e, "nick"), text(e, "room"))),
+        ],
+        Kind::Nick => vec![
+            label("nick"),
+            plain(format!("{} → {}", text(e, "from"), text(e, "nick"))),
+        ],
+        Kind::Relay => vec![
+            label("relay"),
+            plain(format!("<{}> to {}", text(e, "from"), e["to"])),
+        ],
     };
     if let Some(data) = e["data"].as_str() {
         let shown: String = data.chars().take(14).collect();
@@ -531,6 +548,11 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// A string field of an event, or nothing.
+fn text<'a>(e: &'a Value, field: &str) -> &'a str {
+    e[field].as_str().unwrap_or("")
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the

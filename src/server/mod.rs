@@ -14,17 +14,24 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::cli::{Mode, ServeArgs};
+use crate::cli::{App, Mode, ServeArgs};
 use crate::event::{Event, Kind, Output, Role};
 use crate::{note, outcome, tcp_state};
 
 pub mod blocking;
+pub mod chat;
+pub mod chat_loop;
+pub mod chat_nonblocking;
+pub mod chat_poll;
+pub mod chat_select;
+pub mod chat_threaded;
 pub mod echo;
 pub mod event_loop;
 pub mod nonblocking;
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod talk;
 pub mod threaded;
 
 /// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
@@ -41,6 +48,10 @@ pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    /// What is done with the bytes: echo, chat or talk.
+    pub app: App,
+    /// Chat: the longest line accepted (`--max-line`).
+    pub max_line: usize,
     /// The handler "works" this long before echoing.
     pub delay: Option<Duration>,
     /// A message equal to it closes the connection.
@@ -66,6 +77,8 @@ impl Config {
     pub fn from_args(args: &ServeArgs) -> Config {
         Config {
             mode: args.mode,
+            app: args.app,
+            max_line: args.max_line as usize,
             delay: args.delay.map(Duration::from_millis),
             bye_word: args.bye_word.clone(),
             reply: args
@@ -379,24 +392,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     );
     server.out.flush(); // a script waits for this line to learn the port
 
-    let served = match args.mode {
-        Mode::Blocking => {
-            blocking::run(&listener, &server);
-            Ok(())
-        }
-        Mode::Threaded => {
-            threaded::run(&listener, &server);
-            Ok(())
-        }
-        Mode::Process => {
-            process::run(&listener, &server, args.parent_keeps_fd);
-            Ok(())
-        }
-        Mode::Nonblocking => {
-            nonblocking::run(&listener, &server).context("the nonblocking server failed")
-        }
-        Mode::Select => select::run(&listener, &server).context("the select server failed"),
-        Mode::Poll => poll::run(&listener, &server).context("the poll server failed"),
+    let served = match args.app {
+        App::Echo => run_echo(&listener, &server, args),
+        App::Chat => chat::run(&listener, &server),
+        App::Talk => talk::run(&listener, &server),
     };
 
     if served.is_ok() {
@@ -407,6 +406,53 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     server.out.finish(OUTPUT_GRACE); // the events still queued, even before an error
     served
+}
+
+/// The echo server, in the mode the learner picked.
+fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> Result<()> {
+    match args.mode {
+        Mode::Blocking => {
+            blocking::run(listener, server);
+            Ok(())
+        }
+        Mode::Threaded => {
+            threaded::run(listener, server);
+            Ok(())
+        }
+        Mode::Process => {
+            process::run(listener, server, args.parent_keeps_fd);
+            Ok(())
+        }
+        Mode::Nonblocking => {
+            nonblocking::run(listener, server).context("the nonblocking server failed")
+        }
+        Mode::Select => select::run(listener, server).context("the select server failed"),
+        Mode::Poll => poll::run(listener, server).context("the poll server failed"),
+    }
+}
+
+/// Can this app run in this mode, with these options? If not, the sentence that says why
+/// (a usage error: `tcp-lab` exits 2 with it before listening).
+pub fn app_fits(args: &ServeArgs) -> Result<(), String> {
+    match args.app {
+        App::Echo => return Ok(()),
+        App::Chat => chat::fits(args.mode)?,
+        App::Talk => talk::fits(args.mode)?,
+    }
+    // The echo's ways to misbehave on purpose mean nothing to a chat or a talk.
+    let echo_only = [
+        ("--delay", args.delay.is_some()),
+        ("--reply", args.reply.is_some()),
+        ("--crash-after", args.crash_after.is_some()),
+        ("--reset-after", args.reset_after.is_some()),
+    ];
+    match echo_only.iter().find(|(_, given)| *given) {
+        Some((option, _)) => Err(format!(
+            "{option} shapes the echo; it has no meaning with --app {}",
+            args.app.name()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
