@@ -482,6 +482,8 @@ struct Queue {
     dropped: u64,
     /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
     failed: bool,
+    /// A wait for the queue to be written ran out: nobody waits again until a batch is out.
+    stuck: bool,
 }
 
 /// The most event text a server holds for a slow stdout: memory stays bounded.
@@ -551,6 +553,7 @@ impl Shedding {
             let mut queue = self.lock();
             queue.writing = false;
             queue.in_flight = 0;
+            queue.stuck = false;
             if written.is_err() {
                 queue.failed = true;
                 queue.dropped += events;
@@ -559,9 +562,10 @@ impl Shedding {
         }
     }
 
-    /// Wait up to `limit` for the queue to be written out; the events still unwritten
-    /// then, plus those dropped before, are lost.
-    fn finish(&self, limit: Duration) -> (u64, bool) {
+    /// Wait up to `limit` for the queue to be written out. Returns the lock, and whether
+    /// it was. A wait that ran out marks stdout as stuck; the writer clears the mark when
+    /// it gets a batch out.
+    fn wait_written(&self, limit: Duration) -> (std::sync::MutexGuard<'_, Queue>, bool) {
         let deadline = Instant::now() + limit;
         let mut queue = self.lock();
         queue.ready = true;
@@ -569,7 +573,8 @@ impl Shedding {
         while queue.writing || !queue.bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                queue.stuck = true;
+                return (queue, false);
             }
             queue = self
                 .drained
@@ -577,6 +582,13 @@ impl Shedding {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        (queue, true)
+    }
+
+    /// Before exiting: what was dropped, plus what is still unwritten after `limit`; and
+    /// whether stdout failed (closed) rather than being slow.
+    fn finish(&self, limit: Duration) -> (u64, bool) {
+        let (queue, _) = self.wait_written(limit);
         (queue.dropped + queue.events + queue.in_flight, queue.failed)
     }
 }
@@ -636,6 +648,20 @@ impl Output {
         match &self.sink {
             Sink::Direct(_) => 0,
             Sink::Shedding(shedding) => shedding.lock().dropped,
+        }
+    }
+
+    /// Write out what is queued and wait until it is, at most `limit`: for an order between
+    /// processes that share our stdout (the process model prints a child's `spawn` before
+    /// the child prints anything). While stdout stays stuck, it does not wait again.
+    pub fn flush_and_wait(&self, limit: Duration) {
+        match &self.sink {
+            Sink::Direct(_) => self.flush(),
+            Sink::Shedding(shedding) => {
+                if !shedding.lock().stuck {
+                    let _written = shedding.wait_written(limit);
+                }
+            }
         }
     }
 

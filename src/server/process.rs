@@ -38,6 +38,10 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
+/// How long the parent waits for its `spawn` event to reach stdout before letting the child
+/// start (a stdout nobody reads must not hold up every connection).
+const SPAWN_EVENT_WAIT: Duration = Duration::from_millis(200);
+
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
 
@@ -99,11 +103,12 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
     // For this one socket we want the opposite: clear FD_CLOEXEC in the child, between
     // fork and exec, so the new program finds the socket at the same number.
     let parent = std::process::id();
-    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
-    // must be.
+    // SAFETY: fcntl, sigprocmask, prctl and getppid are async-signal-safe, as code between
+    // fork and exec must be.
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
+            super::block_stop_signals()?; // until the child's own handler is installed
             die_with_parent(parent)
         });
     }
@@ -116,7 +121,8 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    server.out.flush();
+    // Written out before the go-ahead (unless stdout is stuck: then events are shed anyway).
+    server.out.flush_and_wait(SPAWN_EVENT_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
