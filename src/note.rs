@@ -96,6 +96,9 @@ pub fn unread(fin_note: &str) -> &'static str {
         n if n == LIMIT => LIMIT_UNREAD,
         n if n == SELECT_LIMIT => SELECT_LIMIT_UNREAD,
         n if n == CLOSE_QUEUED => CLOSE_QUEUED_UNREAD,
+        n if n == CHAT_CLOSE_TOO_LONG => CHAT_CLOSE_TOO_LONG_UNREAD,
+        n if n == CHAT_QUIT => CHAT_QUIT_UNREAD,
+        n if n == TALK_OPERATOR_EOF => TALK_OPERATOR_EOF_UNREAD,
         _ => CLOSE_UNREAD,
     }
 }
@@ -259,8 +262,13 @@ pub const CHAT_TOO_LONG: &str = "no newline within --max-line bytes: a line can 
 whole, so holding more would let one peer grow our memory without bound. It is told why, and closed";
 
 pub const CHAT_CLOSE_TOO_LONG: &str = "close() after the refusal went out: the rest of the \
-over-long line was read and thrown away first, so the kernel sends a FIN, not an RST (closing \
-with unread input sends an RST)";
+over-long line was read and thrown away first, so nothing is left unread and the kernel sends our \
+FIN: the peer reads the refusal, then EOF";
+
+pub const CHAT_CLOSE_TOO_LONG_UNREAD: &str = "close() after the refusal went out, but the \
+over-long line kept coming faster than we read and threw it away (we stop after 256 KiB): bytes \
+were still unread, so the kernel discards them and sends an RST, not a FIN. The peer's read fails \
+ECONNRESET, and may lose the refusal it had not read yet";
 
 pub const CHAT_QUIT: &str = "/quit: the server closes first. Anything sent after it was read and \
 thrown away, so the kernel sends our FIN (not an RST), and this side ends in TIME_WAIT";
@@ -268,5 +276,13 @@ thrown away, so the kernel sends our FIN (not an RST), and this side ends in TIM
 pub const TALK_RECV: &str = "the client's words: read() returned what had arrived. In half-duplex \
 (blocking) the server now waits for its operator, and reads nothing more until the reply is sent";
 
+pub const CHAT_QUIT_UNREAD: &str = "/quit: the server closes first, but more bytes came after it \
+than we read and threw away: with them unread the kernel sends an RST, not a FIN, and the peer's \
+read fails ECONNRESET";
+
 pub const TALK_OPERATOR_EOF: &str = "the operator ended its input (Ctrl-D): we close, the kernel \
 sends our FIN, and the server stops: there is nobody left to talk";
+
+pub const TALK_OPERATOR_EOF_UNREAD: &str = "the operator ended its input (Ctrl-D): we close, and \
+the server stops. The client's last words were still unread in our receive buffer, so the kernel \
+discards them and sends an RST, not a FIN: the client's read fails ECONNRESET";

@@ -23,6 +23,7 @@ in_modes!(
     control_characters_and_invalid_utf8_are_never_relayed_raw,
     a_member_that_never_reads_is_dropped_and_the_room_goes_on,
     a_telnet_style_client_and_tcp_lab_client_can_chat,
+    every_close_the_server_decides_says_fin_or_rst_as_the_peer_sees_it,
 );
 
 /// A chat server in `mode`, JSON events on stdout.
@@ -544,4 +545,96 @@ fn the_echos_options_are_refused_with_the_chat() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--delay shapes the echo"), "{stderr}");
+}
+
+const SAYS_FIN: &str = "FIN";
+const SAYS_RST: &str = "RST";
+
+/// The note of `event` says the kernel sends `packet` (FIN or RST), and not the other.
+fn note_says(event: &serde_json::Value, packet: &str) {
+    let note = event["note"].as_str().unwrap_or_default();
+    assert_eq!(
+        kernel_sends(note),
+        Some(packet),
+        "the note should say {packet}: {event}"
+    );
+}
+
+/// What the peer's reads end with: Ok (EOF: a FIN) or the error (ECONNRESET: an RST).
+fn peer_end(user: &mut User) -> std::io::Result<()> {
+    user.expect_end()
+}
+
+/// The server's closes of a member: `/quit` (with a line after it, read and thrown away),
+/// `--idle-timeout`, an over-long line, and stopping (SIGTERM). Nothing is left unread in
+/// any of them, so each is a FIN: the event has no `unread`, its note says FIN, and the peer
+/// reads EOF. (A dropped member's RST is in a_member_that_never_reads_is_dropped….)
+fn every_close_the_server_decides_says_fin_or_rst_as_the_peer_sees_it(mode: &str) {
+    // With the notes (chat_server turns them off).
+    let args = ["--app", "chat", "--idle-timeout", "2", "--max-line", "100"];
+    let (mut server, port) = server(mode, &args);
+    let mut watcher = User::join(port);
+    let mut quitter = User::join(port);
+    let mut long = User::join(port);
+    let mut sleeper = User::join(port);
+    watcher.expect(&format!("* {} joined #lobby", sleeper.nick));
+
+    quitter.send(b"/quit\nafter the quit\n");
+    quitter.expect("* bye");
+    peer_end(&mut quitter).expect("/quit: a FIN, so EOF");
+    let quit = server.expect_where("close", |e| e["conn"] == 2);
+    assert!(quit["unread"].is_null(), "{quit}");
+    note_says(&quit, SAYS_FIN);
+
+    long.send(&[b'y'; 3000]);
+    long.expect("! line longer than 100 bytes");
+    peer_end(&mut long).expect("over-long line: a FIN, so EOF");
+    let closed = server.expect_where("close", |e| e["conn"] == 3);
+    note_says(&closed, SAYS_FIN);
+
+    keep_talking_until(
+        &mut watcher,
+        &format!("* {} left #lobby (idle timeout)", sleeper.nick),
+    );
+    peer_end(&mut sleeper).expect("idle timeout: a FIN, so EOF");
+    let timeout = server.expect_where("timeout", |e| e["conn"] == 4);
+    assert!(timeout["unread"].is_null(), "{timeout}");
+    note_says(&timeout, SAYS_FIN);
+
+    // The watcher, kept busy above, is still there when the server stops.
+    server.signal(libc::SIGTERM);
+    watcher.stream.set_read_timeout(Some(WAIT)).unwrap();
+    peer_end(&mut watcher).expect("stopping: a FIN, so EOF");
+    let stop = server.expect_where("close", |e| e["conn"] == 1);
+    note_says(&stop, SAYS_FIN);
+    assert!(server.wait_exit().success());
+}
+
+/// Blocking talk: the client speaks again while the server waits for its operator, and the
+/// operator leaves (Ctrl-D) before answering. The client's second line was never read, so
+/// the close is an RST: the event (`abort`, `unread`) and its note say so, and the client's
+/// read fails ECONNRESET.
+#[test]
+fn talk_operator_leaving_with_the_clients_words_unread_sends_rst() {
+    let (mut server, port) = server("blocking", &["--app", "talk"]); // with the notes
+    let mut client = raw_peer(port);
+    client.write_all(b"hello\n").unwrap();
+    data_event(&mut server, "recv", "hello\\n");
+    client.write_all(b"still there?\n").unwrap();
+    wait_acked(&client); // in the server's receive buffer, unread
+    server.close_stdin();
+    let (got, end) = read_to_end_or_error(&mut client);
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the client's read ended {end:?}, not ECONNRESET"
+    );
+    let abort = server.expect("abort");
+    assert_eq!(abort["unread"], 13, "{abort}");
+    note_says(&abort, SAYS_RST);
+    assert!(
+        abort["note"].as_str().unwrap().contains("operator"),
+        "{abort}"
+    );
+    assert!(server.wait_exit().success());
 }

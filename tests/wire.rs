@@ -328,33 +328,7 @@ fn the_clients_close_sends_its_packet_when_its_event_says() {
 
 /// What a note says the kernel sent: FIN or RST (None if it names neither).
 fn claimed(note: &str) -> Option<&'static str> {
-    // "answered with an RST" (what later bytes would meet) is not what the close sends.
-    const RST: [&str; 6] = [
-        "sends an RST",
-        "RST instead of a FIN",
-        "RST, not a FIN",
-        "sends RST",
-        "an RST goes out",
-        "sent an RST",
-    ];
-    const FIN: [&str; 7] = [
-        "sends our FIN",
-        "sends a FIN",
-        "with a FIN",
-        "sent the FIN",
-        "sends the FIN",
-        "FIN goes out",
-        "sent a FIN",
-    ];
-    let rst = RST.iter().any(|p| note.contains(p));
-    let fin = FIN.iter().any(|p| note.contains(p));
-    match (rst, fin) {
-        (true, false) => Some("RST"),
-        (false, true) => Some("FIN"),
-        _ if note.contains("RST") && !note.contains("FIN") => Some("RST"),
-        _ if note.contains("FIN") && !note.contains("RST") => Some("FIN"),
-        _ => None,
-    }
+    kernel_sends(note)
 }
 
 /// The kinds of event that end a connection on the server's side.
@@ -547,5 +521,56 @@ fn stop_with_queued_connections_sends_what_the_notes_say() {
         &mut server,
         &talker,
         "Ctrl-C, a queued connection with unread bytes",
+    );
+}
+
+// ------------------------------------------------------------ the chat's close paths
+
+in_modes!(
+    [threaded, nonblocking, select, poll]
+    chat_closes_send_what_their_notes_say,
+);
+
+/// The chat server closes a member after `/quit` (a line after it, read and thrown away),
+/// after an over-long line, and after `--idle-timeout`: for each, the packet its kernel sent
+/// first, FIN or RST, is the one the closing event's note names.
+fn chat_closes_send_what_their_notes_say(mode: &str) {
+    if !capture_required("chat_closes") {
+        return;
+    }
+    let args = ["--app", "chat", "--max-line", "100", "--idle-timeout", "1"];
+    let (mut server, port) = wire_server(mode, &args);
+    let mut quitter = raw_peer(port);
+    quitter.write_all(b"/quit\nafter the quit\n").unwrap();
+    let _ = read_to_end_or_error(&mut quitter);
+    assert_note_matches_wire(&mut server, &quitter, "chat /quit");
+    let mut long = raw_peer(port);
+    long.write_all(&[b'y'; 3000]).unwrap();
+    let _ = read_to_end_or_error(&mut long);
+    assert_note_matches_wire(&mut server, &long, "chat over-long line");
+    let mut sleeper = raw_peer(port);
+    let _ = read_to_end_or_error(&mut sleeper); // the welcome, then the timeout's close
+    assert_note_matches_wire(&mut server, &sleeper, "chat --idle-timeout");
+}
+
+/// Blocking talk: the operator leaves (Ctrl-D) while the client's second line sits unread.
+/// The note says RST, and an RST is what the server's kernel sent.
+#[test]
+fn talk_operator_leaving_over_unread_words_sends_what_its_note_says() {
+    if !capture_required("talk_operator_unread") {
+        return;
+    }
+    let (mut server, port) = wire_server("blocking", &["--app", "talk"]);
+    let mut client = raw_peer(port);
+    client.write_all(b"hello\n").unwrap();
+    server.expect_conn("recv", 1);
+    client.write_all(b"still there?\n").unwrap();
+    wait_acked(&client);
+    server.close_stdin();
+    let _ = read_to_end_or_error(&mut client);
+    assert_note_matches_wire(
+        &mut server,
+        &client,
+        "talk: the operator leaves over unread words",
     );
 }

@@ -34,7 +34,7 @@ pub enum End {
     Close(&'static str),
     /// Dropped (not reading): close() with SO_LINGER 0, an RST; its queue is thrown away.
     Drop,
-    /// `--idle-timeout`: silent this long; a FIN.
+    /// `--idle-timeout`: silent this long; a FIN (an RST if its bytes wait unread).
     Timeout(Duration),
     /// Already dead (RST, EPIPE, an error) and reported: only the descriptor is left.
     Dead,
@@ -379,12 +379,9 @@ pub fn finish(member: Member, end: End, server: &Server) {
     match end {
         End::Close(why) => drain_then_close(conn, server, why),
         End::Drop => abort_dropped(conn, server),
-        End::Timeout(idle_for) => {
-            let event = conn.event(Kind::Timeout);
-            let detail = format!("idle {:.1} s", idle_for.as_secs_f64());
-            drop(conn); // close(): the FIN goes out
-            server.out.emit(event.detail(detail).note(note::TIMEOUT));
-        }
+        // close(): a FIN, or an RST if bytes wait unread (a member whose end was decided
+        // is not read any more).
+        End::Timeout(idle_for) => echo::time_out(conn, server, idle_for),
         End::Dead => drop(conn),
     }
     server.finished();

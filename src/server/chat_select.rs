@@ -8,7 +8,7 @@
 //!
 //! Lesson: `lessons/12-chat.md` (and `lessons/05-readiness.md` for select itself).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -16,9 +16,7 @@ use std::time::Instant;
 use super::chat_loop::{self, Hub};
 use super::echo::READ_BUF;
 use super::event_loop::{self, LoopAccepted};
-use super::{Acceptor, Server, Stats, EMFILE_BACKOFF, TICK};
-use crate::event::Kind;
-use crate::note;
+use super::{select, Acceptor, Server, Stats, EMFILE_BACKOFF, TICK};
 
 /// At most this many accept() calls per wake-up, so a flood does not starve the room.
 const ACCEPT_BATCH: usize = 128;
@@ -154,15 +152,7 @@ fn accept_some(
             LoopAccepted::Conn(lc) => {
                 let fd = lc.conn.stream.as_raw_fd();
                 if fd >= FD_SETSIZE {
-                    let message = format!("server full: select() cannot watch fd {fd}\n");
-                    let _ = (&lc.conn.stream).write(message.as_bytes()); // never blocks
-                    Stats::add(&server.stats.turned_away, 1);
-                    let event = lc.conn.event(Kind::Limit).detail(format!(
-                        "fd {fd} >= FD_SETSIZE ({FD_SETSIZE}): select() cannot watch it"
-                    ));
-                    server.out.emit(event.note(note::SELECT_LIMIT));
-                    drop(lc); // close(): the FIN
-                    server.finished();
+                    select::too_high(lc, fd, server); // told why, closed: FIN (RST if it spoke)
                     continue;
                 }
                 hub.admit(lc.conn, server);

@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -139,7 +139,7 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) -> Result<()> {
 enum Ending {
     /// Our FIN, once its writer has written what waits for it.
     Close(&'static str),
-    Timeout(f64),
+    Timeout(Duration),
     /// Dropped by another thread: an RST.
     Dropped,
     /// Dead already (RST, an error), reported.
@@ -181,13 +181,8 @@ fn serve_member(conn: Connection, rooms: &Mutex<Rooms>, server: &Arc<Server>) {
     let _ = writer.join();
     match ending {
         Ending::Close(why) => drain_then_close(conn, server, why),
-        Ending::Timeout(idle) => {
-            let event = conn
-                .event(Kind::Timeout)
-                .detail(format!("idle {idle:.1} s"));
-            drop(conn); // close(): the FIN goes out
-            server.out.emit(event.note(note::TIMEOUT));
-        }
+        // close(): a FIN, or an RST if its bytes arrived after the last read.
+        Ending::Timeout(idle) => echo::time_out(conn, server, idle),
         Ending::Dropped => abort_dropped(conn, server),
         Ending::Dead => drop(conn),
     }
@@ -240,7 +235,7 @@ fn read_lines(
                     .is_some_and(|limit| idle >= limit)
                 {
                     leave(rooms, id, Why::Timeout, server);
-                    return Ending::Timeout(idle.as_secs_f64());
+                    return Ending::Timeout(idle);
                 }
                 continue;
             }

@@ -214,8 +214,9 @@ fn accept_some(
     false
 }
 
-/// The FD_SETSIZE wall: say why, and close (a FIN follows the message).
-fn too_high(lc: LoopConn, fd: RawFd, server: &Server) {
+/// The FD_SETSIZE wall: say why, and close (a FIN follows the message). The select chat
+/// turns such a member away the same way.
+pub(super) fn too_high(lc: LoopConn, fd: RawFd, server: &Server) {
     use std::io::Write;
     let message = format!("server full: select() cannot watch fd {fd}\n");
     let _ = (&lc.conn.stream).write(message.as_bytes()); // one short write: never blocks

@@ -462,3 +462,56 @@ pub fn can_capture() -> bool {
     }
     true
 }
+
+/// Wait until every byte written on `stream` is acknowledged by the peer's kernel (Send-Q,
+/// SIOCOUTQ, is empty): they sit in its receive buffer, read or not. An event to await,
+/// not a sleep.
+pub fn wait_acked(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into `unacked`.
+        unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        if unacked == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unacked} bytes never acknowledged"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What a note says the kernel sent: FIN or RST (None if it names neither). Shared by the
+/// tests that check notes against the peer's reads (chat.rs) and against the wire (wire.rs).
+pub fn kernel_sends(note: &str) -> Option<&'static str> {
+    // "answered with an RST" (what later bytes would meet) is not what the close sends.
+    const RST: [&str; 6] = [
+        "sends an RST",
+        "RST instead of a FIN",
+        "RST, not a FIN",
+        "sends RST",
+        "an RST goes out",
+        "sent an RST",
+    ];
+    const FIN: [&str; 7] = [
+        "sends our FIN",
+        "sends a FIN",
+        "with a FIN",
+        "sent the FIN",
+        "sends the FIN",
+        "FIN goes out",
+        "sent a FIN",
+    ];
+    let rst = RST.iter().any(|p| note.contains(p));
+    let fin = FIN.iter().any(|p| note.contains(p));
+    match (rst, fin) {
+        (true, false) => Some("RST"),
+        (false, true) => Some("FIN"),
+        _ if note.contains("RST") && !note.contains("FIN") => Some("RST"),
+        _ if note.contains("FIN") && !note.contains("RST") => Some("FIN"),
+        _ => None,
+    }
+}
