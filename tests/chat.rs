@@ -153,7 +153,21 @@ fn two_hundred_users_in_five_rooms_get_every_line_once_in_order(mode: &str) {
     server.signal(libc::SIGINT);
     assert!(server.wait_exit().success());
     let summary = server.expect("summary");
-    assert_eq!(summary["stats"]["messages"], (USERS * (LINES + 1)) as u64);
+    // The chat's own counters: lines read (the /join included), copies handed to others,
+    // bytes written; nothing here was echoed, so the echo's names are absent.
+    let stats = &summary["stats"];
+    assert_eq!(stats["lines"], (USERS * (LINES + 1)) as u64, "{summary}");
+    let per_line = (USERS / ROOMS - 1) as u64;
+    assert_eq!(
+        stats["relayed"],
+        USERS as u64 * LINES as u64 * per_line,
+        "{summary}"
+    );
+    assert!(stats["bytes_sent"].as_u64().unwrap() > 0, "{summary}");
+    assert!(
+        stats["messages"].is_null() && stats["bytes_echoed"].is_null(),
+        "{summary}"
+    );
 }
 
 fn every_command_answers(mode: &str) {
@@ -488,7 +502,10 @@ fn talk_in_blocking_mode_is_half_duplex() {
     assert!(rest.is_empty());
     assert!(server.wait_exit().success());
     server.expect("close");
-    server.expect("summary");
+    let summary = server.expect("summary");
+    // Talk's own counters: the client's three reads, the operator's two replies (17 bytes).
+    assert_eq!(summary["stats"]["reads"], 3, "{summary}");
+    assert_eq!(summary["stats"]["bytes_sent"], 17, "{summary}");
     let stderr = server.stderr_text();
     assert!(stderr.contains("> waiting for the client..."), "{stderr:?}");
 }

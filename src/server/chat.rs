@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use socket2::SockRef;
 
-use super::{chat_nonblocking, chat_poll, chat_select, chat_threaded, echo, Connection, Server};
+use super::{
+    chat_nonblocking, chat_poll, chat_select, chat_threaded, echo, Connection, Server, Stats,
+};
 use crate::chat::{Happening, MemberId, MAX_QUEUE};
 use crate::cli::Mode;
 use crate::event::{Event, Kind};
@@ -86,6 +88,7 @@ pub fn report(happening: &Happening, server: &Server) {
             room,
             to,
         } => {
+            Stats::add(&server.stats.relayed, *to as u64);
             if !server.out.wants_data() {
                 return; // --quiet: no per-line events
             }

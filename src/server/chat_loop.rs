@@ -166,7 +166,7 @@ impl Hub {
         let framed = member.framer.push(&buf[..n], &mut lines);
         let mut quit = false;
         for line in &lines {
-            Stats::add(&server.stats.messages, 1);
+            Stats::add(&server.stats.lines, 1);
             let out = self.chat.line(key as MemberId, line);
             quit = out.quit;
             self.deliver(out, server);
@@ -333,7 +333,7 @@ impl Hub {
                         let event = member.conn.event(Kind::Send).payload(&chunk[..n]);
                         server.out.emit(event.note(note::SEND));
                     }
-                    Stats::add(&server.stats.bytes_echoed, n as u64);
+                    Stats::add(&server.stats.bytes_sent, n as u64);
                     member.sent += n;
                 }
                 // The kernel's buffer is full: the rest waits for write readiness.

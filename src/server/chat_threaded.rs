@@ -253,7 +253,7 @@ fn read_lines(
         }
         let framed = framer.push(&buf[..n], &mut lines);
         for line in lines.drain(..) {
-            Stats::add(&server.stats.messages, 1);
+            Stats::add(&server.stats.lines, 1);
             let (reports, quit) = {
                 let mut rooms = lock(rooms);
                 let out = rooms.chat.line(id, &line);
@@ -405,7 +405,7 @@ fn write_mailbox(conn: &Connection, mailbox: &Mailbox, server: &Server) {
                         let event = conn.event(Kind::Send).payload(&chunk[written..written + n]);
                         server.out.emit(event.note(note::SEND));
                     }
-                    Stats::add(&server.stats.bytes_echoed, n as u64);
+                    Stats::add(&server.stats.bytes_sent, n as u64);
                     written += n;
                 }
                 WriteOutcome::Interrupted => continue,

@@ -103,6 +103,13 @@ pub struct Stats {
     pub messages: AtomicU64,
     pub bytes_echoed: AtomicU64,
     pub resets: AtomicU64,
+    /// The chat only: lines read from members (commands included).
+    pub lines: AtomicU64,
+    /// The chat only: copies of lines handed to other members (one line to a room of four
+    /// is three).
+    pub relayed: AtomicU64,
+    /// The chat and talk: bytes written to the clients (nothing is echoed there).
+    pub bytes_sent: AtomicU64,
     /// Connections being served right now (for --max-conns).
     pub open: AtomicU64,
     /// Connections turned away by --max-conns.
@@ -603,13 +610,24 @@ fn emit_summary(server: &Server) {
     let mut summary = Event::new(Kind::Summary)
         .stat("connections", Stats::get(&stats.accepted))
         .stat("finished", Stats::get(&stats.finished));
-    // In the process model the children count messages, in memory the parent cannot see.
-    if server.config.mode != Mode::Process {
-        summary = summary
+    summary = match server.config.app {
+        // In the process model the children count messages, in memory the parent cannot see.
+        App::Echo if server.config.mode == Mode::Process => summary,
+        App::Echo => summary
             .stat("messages", Stats::get(&stats.messages))
             .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
-            .stat("resets", Stats::get(&stats.resets));
-    }
+            .stat("resets", Stats::get(&stats.resets)),
+        // Nothing is echoed in a chat: lines come in, copies of them go out to others.
+        App::Chat => summary
+            .stat("lines", Stats::get(&stats.lines))
+            .stat("relayed", Stats::get(&stats.relayed))
+            .stat("bytes_sent", Stats::get(&stats.bytes_sent))
+            .stat("resets", Stats::get(&stats.resets)),
+        // Talk: the client's words (one per read()) and the operator's replies.
+        App::Talk => summary
+            .stat("reads", Stats::get(&stats.messages))
+            .stat("bytes_sent", Stats::get(&stats.bytes_sent)),
+    };
     summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
     // The event loops' cost: how often they went round, how many calls found nothing, and
     // the CPU time the whole process used.

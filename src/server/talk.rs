@@ -217,7 +217,7 @@ fn send_line(conn: &Connection, line: &[u8], server: &Server) -> bool {
     bytes.push(b'\n');
     match (&conn.stream).write_all(&bytes) {
         Ok(()) => {
-            Stats::add(&server.stats.bytes_echoed, bytes.len() as u64);
+            Stats::add(&server.stats.bytes_sent, bytes.len() as u64);
             let event = conn.event(Kind::Send).payload(&bytes);
             server.out.emit(event.note(note::SEND));
             true
