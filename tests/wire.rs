@@ -574,3 +574,54 @@ fn talk_operator_leaving_over_unread_words_sends_what_its_note_says() {
         "talk: the operator leaves over unread words",
     );
 }
+
+// ------------------------------------------------------------ the chat demos' own checks
+
+/// The verdict of `demo --wire`, which names the packets that prove its point.
+fn wire_verdict(name: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["demo", name, "--wire", "--format", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name}: {stderr}");
+    let events = json_lines(&out.stdout);
+    let verdict = events.iter().find(|e| e["kind"] == "verdict").unwrap();
+    verdict["detail"].as_str().unwrap().to_string()
+}
+
+/// chat-rooms checks its own point on the wire, not only a handshake: the relayed line as
+/// a segment to user2 only, user3's line to nobody, user2's RST, the room told.
+#[test]
+fn chat_rooms_checks_the_relays_and_the_rst_on_the_wire() {
+    if !capture_required("chat_rooms_wire") {
+        return;
+    }
+    let detail = wire_verdict("chat-rooms");
+    for shown in [
+        "21 bytes to user2 only",
+        "user3's line reached nobody",
+        "user2's RST",
+        "39 bytes to alice alone",
+    ] {
+        assert!(detail.contains(shown), "{shown:?} not in: {detail}");
+    }
+}
+
+/// half-duplex: the second line is ACKed by the kernel at once, but the first data back
+/// is the operator's reply.
+#[test]
+fn half_duplex_checks_that_nothing_answers_the_second_line_before_the_operator() {
+    if !capture_required("half_duplex_wire") {
+        return;
+    }
+    let detail = wire_verdict("half-duplex");
+    assert!(
+        detail.contains("the client's second line crossed at"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("the first data back was the operator's reply, 13 bytes"),
+        "{detail}"
+    );
+}

@@ -157,6 +157,8 @@ pub fn check(name: &str, events: &[Value]) -> Result<String> {
         "poll-many" => poll_many(&segs),
         "byte-stream" => byte_stream(&segs),
         "nonblocking-spin" => echoed_then_fins(&segs),
+        "chat-rooms" => chat_rooms(&segs),
+        "half-duplex" => half_duplex(&segs),
         _ => echoed_and_closed(&segs),
     }
 }
@@ -502,6 +504,119 @@ fn echoed_then_fins(segs: &[Seg]) -> Result<String> {
     ))
 }
 
+/// A data segment carrying `line` (and its `\n`) from the client's side, or to it.
+fn carries(seg: &Seg, line: &str, from_client: bool) -> bool {
+    seg.from_client == from_client && seg.len == line.len() as u64 + 1
+}
+
+/// chat-rooms: user1 (alice) says `hello, lobby`, user3 (alone in #rust) `anyone in rust?`,
+/// then user2 leaves by RST. On the wire: alice's line goes out as one data segment to user2
+/// only; user3's line to nobody; the RST comes from user2's side; then the server's
+/// `* user2 left` goes to alice only (user3 is in another room).
+fn chat_rooms(segs: &[Seg]) -> Result<String> {
+    let order = clients(segs);
+    let [alice, user2, user3] = order[..] else {
+        bail!(
+            "expected three connections, the capture shows {}",
+            order.len()
+        );
+    };
+    let said = expect(segs, "alice's line from her side", 0.0, |s| {
+        s.client == alice && carries(s, "hello, lobby", true)
+    })?;
+    let relayed = expect(segs, "`<alice> hello, lobby` to user2", said.ts, |s| {
+        s.client == user2 && carries(s, "<alice> hello, lobby", false)
+    })?;
+    let asked = expect(segs, "user3's line from its side", relayed.ts, |s| {
+        s.client == user3 && carries(s, "anyone in rust?", true)
+    })?;
+    let rst = expect(segs, "an RST from user2's side", asked.ts, |s| {
+        s.client == user2 && s.from_client && s.rst()
+    })?;
+    // A relayed line is one write, so one segment of its size: none to anyone else. (A
+    // segment may hold several lines, so other segments are not the relay's.)
+    let copies = |line: &str, after: f64| {
+        segs.iter()
+            .filter(|s| s.ts > after && carries(s, line, false))
+            .map(|s| s.client)
+            .collect::<Vec<_>>()
+    };
+    let to = copies("<alice> hello, lobby", said.ts);
+    ensure!(
+        to == [user2],
+        "alice's line went to {to:?}, not to user2 ({user2}) only"
+    );
+    let to = copies("<user3> anyone in rust?", asked.ts);
+    ensure!(
+        to.is_empty(),
+        "user3's line (alone in #rust) went to {to:?}"
+    );
+    let left = expect(segs, "`* user2 left …` to alice", rst.ts, |s| {
+        s.client == alice && carries(s, "* user2 left #lobby (connection reset)", false)
+    })?;
+    let to = copies("* user2 left #lobby (connection reset)", rst.ts);
+    ensure!(
+        to == [alice],
+        "`* user2 left` went to {to:?}, not to alice only"
+    );
+    ensure!(
+        !segs
+            .iter()
+            .any(|s| s.client == user2 && !s.from_client && s.fin()),
+        "the server sent user2 a FIN: it should only have been reset"
+    );
+    Ok(format!(
+        "alice's {} bytes came in at {:.3} s and went out once, {} bytes to user2 only ({:.3} s); \
+user3's line reached nobody; {} and the server's {} bytes to alice alone ({:.3} s)",
+        said.len,
+        said.ts,
+        relayed.len,
+        relayed.ts,
+        rst.said().replace("the client's", "user2's"),
+        left.len,
+        left.ts
+    ))
+}
+
+/// half-duplex: the client's second line arrives (its kernel ACKs it at once), but the
+/// server's next data segment is the operator's reply, long after: nothing answers the
+/// second line before the operator has spoken.
+fn half_duplex(segs: &[Seg]) -> Result<String> {
+    let first = expect(segs, "the client's first line", 0.0, |s| {
+        carries(s, "hello server", true)
+    })?;
+    let second = expect(segs, "the client's second line", first.ts, |s| {
+        carries(s, "are you there?", true)
+    })?;
+    let acked = expect(
+        segs,
+        "the server's ACK of the second line",
+        second.ts,
+        |s| !s.from_client && s.ack.is_some_and(|a| a >= second.seq + second.len),
+    )?;
+    let reply = expect(
+        segs,
+        "the operator's reply, a data segment",
+        second.ts,
+        |s| !s.from_client && s.len > 0,
+    )?;
+    ensure!(
+        carries(&reply, "hello client", false),
+        "the server's first data after the second line is {}, not the operator's reply",
+        reply.brief()
+    );
+    Ok(format!(
+        "the client's second line crossed at {:.3} s and the server's kernel ACKed it at {:.3} s, \
+but the first data back was the operator's reply, {} bytes at {:.3} s: nothing answered the \
+second line for {:.0} ms",
+        second.ts,
+        acked.ts,
+        reply.len,
+        reply.ts,
+        (reply.ts - second.ts) * 1000.0
+    ))
+}
+
 /// Any other demo: a handshake, data both ways, and how each connection ended.
 fn echoed_and_closed(segs: &[Seg]) -> Result<String> {
     expect(segs, "a SYN,ACK", 0.0, |s| s.has("SYN") && s.has("ACK"))?;
@@ -578,5 +693,24 @@ mod tests {
             packet(0.4, "RST", S, C, 2, 0, 0),
         ]);
         assert!(check("write-after-fin", &good).is_ok());
+    }
+
+    #[test]
+    fn half_duplex_fails_when_data_answers_the_second_line_before_the_reply() {
+        let line = |ts, from, to, seq, len| packet(ts, "PSH,ACK", from, to, seq, 1, len);
+        let mut tail = vec![
+            line(0.2, C, S, 1, 13),  // hello server
+            line(0.3, C, S, 14, 15), // are you there?
+            packet(0.3, "ACK", S, C, 1, 29, 0),
+        ];
+        let mut bad = tail.clone();
+        tail.push(line(0.9, S, C, 1, 13)); // the operator's reply
+        bad.push(line(0.4, S, C, 1, 4)); // something else first
+        bad.push(line(0.9, S, C, 5, 13));
+        assert!(check("half-duplex", &run_with(tail)).is_ok());
+        let err = check("half-duplex", &run_with(bad))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the operator's reply"), "{err}");
     }
 }
