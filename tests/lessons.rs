@@ -757,3 +757,63 @@ fn lesson_00_the_listen_event_gives_the_servers_own_pid() {
         "{first_line}"
     );
 }
+
+/// Lesson 10: the bye word is matched per read. `xx`, then (after its echo) `Bye\n` closes the
+/// connection; `xxBye\n` in one write is echoed.
+#[test]
+fn lesson_10_the_bye_word_is_matched_per_read() {
+    let (_server, port) = common::server("poll", &[]);
+    let port = port.to_string();
+    let mut split = common::Proc::spawn(&["client", "--port", &port]);
+    split.expect("connect");
+    split.write_stdin(b"xx");
+    split.expect_where("recv", |e| e["data"] == "xx"); // its own read, echoed
+    split.write_stdin(b"Bye\n");
+    split.expect("eof"); // the server closed on a read that was `Bye\n`
+    assert!(split.wait_exit().success(), "{}", split.history());
+
+    let mut whole = common::Proc::spawn(&["client", "--port", &port]);
+    whole.expect("connect");
+    whole.write_stdin(b"xxBye\n");
+    whole.expect_where("recv", |e| e["data"] == "xxBye\\n"); // one line, `xxBye`: echoed
+    whole.close_stdin();
+    whole.expect("close");
+    assert!(whole.wait_exit().success(), "{}", whole.history());
+    assert!(
+        whole.position("eof", None).is_none(),
+        "the server closed on `xxBye`: {}",
+        whole.history()
+    );
+}
+
+/// Lesson 10, "Things to try": a 4 KiB read is one line of text at 80 or 100 columns, cut with
+/// how many bytes were left out; JSON keeps its preview.
+#[test]
+fn lesson_10_a_big_read_is_cut_to_the_line_and_says_what_it_left_out() {
+    let (_server, port) = common::server("poll", &[]);
+    let mut client = Command::new(BIN)
+        .args(["client", "--port", &port.to_string(), "--color", "never"])
+        .args(["--no-explain"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a text client");
+    {
+        use std::io::Write;
+        let mut stdin = client.stdin.take().unwrap();
+        stdin.write_all(&[0u8; 4096]).unwrap();
+    } // end of input: the client closes after the echo
+    let output = client.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let sends: Vec<&str> = text.lines().filter(|l| l.contains(" send ")).collect();
+    assert!(!sends.is_empty(), "{text}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100: {line}");
+    }
+    assert!(
+        sends[0].contains("4096 bytes  \"\\x00\\x00") && sends[0].contains("more bytes)"),
+        "{text}"
+    );
+}
