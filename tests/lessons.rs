@@ -817,3 +817,80 @@ fn lesson_10_a_big_read_is_cut_to_the_line_and_says_what_it_left_out() {
         "{text}"
     );
 }
+
+/// Lesson 2: the process model's summary counts what its children did (their reports come
+/// back through a pipe), so every mode's summary has the same fields and the same figures.
+#[test]
+fn lesson_02_every_modes_summary_counts_messages_bytes_and_resets_children_included() {
+    for mode in common::MODES {
+        let (mut server, port) = common::server(mode, &["--exit-after", "2"]);
+        let mut three = common::client(port, &["--count", "3"]);
+        assert!(three.wait_exit().success(), "{mode}: {}", three.history());
+        let mut aborting = common::client(port, &["--send", "hello", "--abort"]);
+        aborting.expect("recv");
+        assert!(
+            aborting.wait_exit().success(),
+            "{mode}: {}",
+            aborting.history()
+        );
+        let summary = server.expect("summary");
+        let stats = &summary["stats"];
+        for (name, want) in [
+            ("connections", 2),
+            ("finished", 2),
+            ("messages", 4),
+            ("bytes_echoed", 36),
+            ("resets", 1),
+            ("turned_away", 0),
+        ] {
+            assert_eq!(stats[name], want, "{mode}: {name} in {summary}");
+        }
+        assert!(server.wait_exit().success());
+    }
+}
+
+/// Lesson 2, "What a child inherits": the child holds one socket (the connection, not the
+/// listener) and the write end of the report pipe whose two ends the parent keeps.
+#[test]
+fn lesson_02_a_child_inherits_its_connection_and_the_report_pipe_only() {
+    let (mut server, port) = common::server("process", &[]);
+    let parent = server.child.id();
+    let mut peer = common::raw_peer(port);
+    let spawn = server.expect_conn("spawn", 1);
+    let child: u32 = spawn["detail"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("child pid "))
+        .and_then(|pid| pid.parse().ok())
+        .expect("the spawn event names the child's pid");
+    {
+        use std::io::Write;
+        peer.write_all(b"hi").unwrap();
+    }
+    assert_eq!(common::read_exactly(&mut peer, 2), b"hi"); // the child is serving
+    let targets = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read /proc/PID/fd")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .collect()
+    };
+    let (in_parent, in_child) = (targets(parent), targets(child));
+    let sockets: Vec<&String> = in_child
+        .iter()
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    assert_eq!(sockets.len(), 1, "the child holds one socket: {in_child:?}");
+    assert!(
+        !in_parent.contains(sockets[0]),
+        "the parent closed its copy of the connection: {in_parent:?}"
+    );
+    let pipes: Vec<&String> = in_child
+        .iter()
+        .filter(|t| t.starts_with("pipe:") && in_parent.iter().filter(|p| p == t).count() == 2)
+        .collect();
+    assert_eq!(
+        pipes.len(),
+        1,
+        "one pipe shared with the parent, which holds both ends: child {in_child:?}, parent {in_parent:?}"
+    );
+}

@@ -475,15 +475,12 @@ fn emit_summary(server: &Server) {
     let stats = &server.stats;
     let mut summary = Event::new(Kind::Summary)
         .stat("connections", Stats::get(&stats.accepted))
-        .stat("finished", Stats::get(&stats.finished));
-    // In the process model the children count messages, in memory the parent cannot see.
-    if server.config.mode != Mode::Process {
-        summary = summary
-            .stat("messages", Stats::get(&stats.messages))
-            .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
-            .stat("resets", Stats::get(&stats.resets));
-    }
-    summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
+        .stat("finished", Stats::get(&stats.finished))
+        // In the process model the children count these; their reports add them up here.
+        .stat("messages", Stats::get(&stats.messages))
+        .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
+        .stat("resets", Stats::get(&stats.resets))
+        .stat("turned_away", Stats::get(&stats.turned_away));
     // The event loops' cost: how often they went round, how many calls found nothing, and
     // the CPU time the whole process used.
     if matches!(
