@@ -894,3 +894,28 @@ fn lesson_02_a_child_inherits_its_connection_and_the_report_pipe_only() {
         "one pipe shared with the parent, which holds both ends: child {in_child:?}, parent {in_parent:?}"
     );
 }
+
+/// README and lesson 0 say one thing about macOS: tested on Linux only, macOS untested, and the
+/// same table of Linux-only tools with their macOS equivalents.
+#[test]
+fn readme_and_lesson_00_say_the_same_about_macos() {
+    let readme = include_str!("../README.md");
+    let lesson = LESSONS[0].text;
+    let table = |text: &str| -> Vec<String> {
+        let start = text
+            .find("| Linux | macOS |")
+            .expect("the table of equivalents");
+        text[start..]
+            .lines()
+            .take_while(|line| line.starts_with('|'))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table(readme), table(lesson));
+    assert!(table(lesson).len() >= 6);
+    for text in [readme, lesson] {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("tested only on Linux"), "{flat}");
+        assert!(flat.contains("macOS is untested"), "{flat}");
+    }
+}

@@ -148,14 +148,24 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
     Ok(child)
 }
 
-/// pipe2(O_CLOEXEC | O_NONBLOCK). Close-on-exec like every descriptor std opens, so nothing
-/// inherits it by accident (spawn_child lets its child have the write end); non-blocking, so
-/// the parent reads only what is there, and a child never waits on a full pipe (its counts
-/// would be lost, not the child; the parent drains the pipe every turn of its loop).
+/// pipe(), then close-on-exec and non-blocking. Close-on-exec like every descriptor std
+/// opens, so nothing inherits it by accident (spawn_child lets its child have the write end);
+/// non-blocking, so the parent reads only what is there, and a child never waits on a full
+/// pipe (its counts would be lost, not the child; the parent drains the pipe every turn of its
+/// loop). Plain pipe() and fcntl(), not Linux's pipe2(), so the code stays portable; no other
+/// thread of ours starts processes meanwhile.
 fn report_pipe() -> Result<Reports> {
     let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+    // SAFETY: pipe writes two descriptors into the array we pass; fcntl only sets flags on
+    // the descriptors it just made.
+    let made = unsafe {
+        libc::pipe(fds.as_mut_ptr()) == 0
+            && fds.iter().all(|&fd| {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+                    && libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) == 0
+            })
+    };
+    if !made {
         return Err(std::io::Error::last_os_error()).context("cannot create the report pipe");
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
