@@ -919,3 +919,171 @@ fn readme_and_lesson_00_say_the_same_about_macos() {
         assert!(flat.contains("macOS is untested"), "{flat}");
     }
 }
+
+/// A packet capture on `lo` for one port (tcpdump, as the lessons type it), ready when it
+/// returns. None when capturing is not possible here (not root, and not in CI).
+struct Capture {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Capture {
+    fn start(port: u16) -> Option<Capture> {
+        use std::io::BufRead;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root && std::env::var_os("CI").is_none() {
+            eprintln!("skipped: capturing packets needs root");
+            return None;
+        }
+        let mut child = Command::new("tcpdump")
+            .args(["-i", "lo", "-nn", "-l", &format!("tcp port {port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (installed where packets are captured)");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening on") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready
+            .recv_timeout(common::WAIT)
+            .expect("tcpdump never said it was listening");
+        Some(Capture { child, lines })
+    }
+
+    /// The packets' (source port, flags), `count` of them: from the next FIN on when
+    /// `from_fin`, else from the next packet.
+    fn packets(&self, count: usize, from_fin: bool) -> Vec<(u16, String)> {
+        let mut found = Vec::new();
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while found.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("only these packets of the close were captured: {found:?}");
+            };
+            // `… IP 127.0.0.1.38338 > 127.0.0.1.7788: Flags [F.], seq 7, …`
+            let Some(from) = line.split(" IP ").nth(1).and_then(|r| r.split(' ').next()) else {
+                continue;
+            };
+            let port = from
+                .rsplit('.')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let Some(flags) = line
+                .split("Flags [")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+            else {
+                continue;
+            };
+            if from_fin && found.is_empty() && !flags.contains('F') {
+                continue; // before the close
+            }
+            found.push((port, flags.to_string()));
+        }
+        found
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lesson 6, "Watch the packets: three or four". A peer that waits a second before closing
+/// after the server's FIN: four packets (the FIN's ACK goes out alone). `tcp-lab client`, which
+/// closes first, against a server that closes at once: the server's FIN acknowledges the
+/// client's (three packets; four only if the server took longer than the delayed ACK).
+#[test]
+fn lesson_06_a_close_is_three_packets_or_four() {
+    use std::io::{Read, Write};
+    let (_server, port) = common::server("poll", &[]);
+    let Some(capture) = Capture::start(port) else {
+        return;
+    };
+    // The slow peer of the lesson: Bye, the server's FIN, a second, then our close.
+    let mut slow = common::raw_peer(port);
+    let slow_port = slow.local_addr().unwrap().port();
+    slow.write_all(b"Bye\n").unwrap();
+    assert_eq!(slow.read(&mut [0; 16]).unwrap(), 0, "the server's FIN");
+    thread::sleep(Duration::from_secs(1)); // what the lesson's peer does, not a wait for an event
+    drop(slow);
+    let four = capture.packets(4, true);
+    let want = [
+        (port, "F."),
+        (slow_port, "."),
+        (slow_port, "F."),
+        (port, "."),
+    ];
+    let four: Vec<(u16, &str)> = four.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    assert_eq!(four, want, "FIN, its ACK alone, FIN, ACK");
+
+    // `tcp-lab client --send hello`: it closes first, the server closes at once.
+    let mut client = common::client(port, &["--send", "hello"]);
+    assert!(client.wait_exit().success());
+    let close = capture.packets(3, true);
+    assert_eq!(close[0].1, "F.", "{close:?}");
+    let client_port = close[0].0;
+    assert_ne!(client_port, port);
+    match close[1] {
+        // Three packets: the server's FIN carries the ACK of the client's.
+        (from, ref flags) if from == port && flags == "F." => {
+            assert_eq!(close[2], (client_port, ".".to_string()), "{close:?}")
+        }
+        // Four: the server's delayed ACK ran out before it closed.
+        (from, ref flags) if from == port && flags == "." => {
+            let last = capture.packets(1, false);
+            assert_eq!(close[2], (port, "F.".to_string()), "{close:?}");
+            assert_eq!(last, [(client_port, ".".to_string())], "{close:?} {last:?}");
+        }
+        _ => panic!("not a close: {close:?}"),
+    }
+}
+
+/// Lesson 9: against `serve --crash-after 2`, the interactive client reports the server's FIN
+/// at once, with nothing typed, and exits 0: no write into a dead connection, no RST.
+#[test]
+fn lesson_09_the_interactive_client_sees_the_fin_while_nobody_types() {
+    let (_server, port) = common::server("poll", &["--crash-after", "2"]);
+    let mut client = common::Proc::spawn(&["client", "--port", &port.to_string()]);
+    client.expect("connect");
+    client.write_stdin(b"one\n");
+    client.expect_where("recv", |e| e["data"] == "one\\n");
+    client.write_stdin(b"two\n");
+    client.expect_where("recv", |e| e["data"] == "two\\n");
+    let eof = client.expect("eof"); // stdin still open: nothing more was typed
+    assert_eq!(eof["tcp_state"], "CLOSE_WAIT");
+    assert!(client.wait_exit().success(), "{}", client.history());
+    for kind in ["reset", "broken_pipe"] {
+        assert!(
+            client.position(kind, None).is_none(),
+            "{}",
+            client.history()
+        );
+    }
+}
