@@ -1087,3 +1087,30 @@ fn lesson_09_the_interactive_client_sees_the_fin_while_nobody_types() {
         );
     }
 }
+
+/// Lesson 3: `serve --mode threaded --crash-after 1` and `client --count 2`. The thread's
+/// panic ends its connection only: the client reads the FIN (exit 0) or, when `message 2` was
+/// left unread, gets the RST (exit 1); the server serves the next client all the same.
+#[test]
+fn lesson_03_a_panicking_thread_ends_one_connection_with_a_fin_or_an_rst() {
+    let (mut server, port) = common::server("threaded", &["--crash-after", "1"]);
+    for conn in 1..=3u64 {
+        let mut client = common::client(port, &["--count", "2"]);
+        let status = client.wait_exit();
+        let ended_by_fin = client.position("eof", None).is_some();
+        let reset = client.seen.iter().find(|e| e["kind"] == "reset").cloned();
+        match (ended_by_fin, reset) {
+            (true, None) => assert!(status.success(), "{}", client.history()),
+            (false, Some(reset)) => {
+                assert_eq!(reset["errno"], "ECONNRESET");
+                assert_eq!(status.code(), Some(1));
+            }
+            _ => panic!("neither a FIN nor an RST: {}", client.history()),
+        }
+        let exit = server.expect_where("exit", |e| e["conn"] == conn);
+        assert!(
+            exit["detail"].as_str().unwrap_or("").contains("panicked"),
+            "{exit}"
+        );
+    }
+}
