@@ -15,7 +15,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,15 +28,17 @@ use crate::event::{Event, Kind, Output, Role};
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 use crate::{note, tcp_state};
 
-/// How long the client waits for an echo or for the server's FIN.
-pub const REPLY_WAIT: Duration = Duration::from_secs(5);
-
 const READ_BUF: usize = 64 * 1024;
 
 pub fn run(args: &ClientArgs) -> Result<()> {
-    let out = Output::new(Role::Client, None, &args.output);
+    let out = Output::new(Role::Client, None, &args.output).named(args.name.clone());
     let addr = args.addr.resolve()?;
-    let client = Client::connect(addr, out)?;
+    let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let mut client = Client::connect(addr, Arc::new(out), connect_timeout)?;
+    client.wait = Duration::from_secs_f64(args.wait);
+    // Before the connect event: whoever reads it may press Ctrl-C at once.
+    close_on_ctrl_c(&client)?;
+    client.emit(client.event(Kind::Connect).note(note::CONNECT));
     if args.naive {
         naive(client)
     } else if args.send.is_empty() && args.count.is_none() && !args.bye {
@@ -59,7 +62,8 @@ enum Heard {
 /// A connected socket and everything needed to report on it.
 struct Client {
     stream: TcpStream,
-    out: Output,
+    /// Shared with the Ctrl-C handler, which prints the close of an interrupted client.
+    out: Arc<Output>,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     /// Bytes sent and bytes received so far: the client waits until they match.
@@ -70,12 +74,15 @@ struct Client {
     /// Our FIN went out with shutdown(Write): close() will send nothing new.
     shut_down: bool,
     buf: Vec<u8>,
+    /// `--wait`: how long to wait for an echo or for the server's FIN.
+    wait: Duration,
 }
 
 impl Client {
-    /// connect(): the three-way handshake. A refusal is an event *and* an error.
-    fn connect(addr: SocketAddr, out: Output) -> Result<Client> {
-        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+    /// connect(): the three-way handshake (the caller reports it). A refusal or a timeout is
+    /// an event *and* an error.
+    fn connect(addr: SocketAddr, out: Arc<Output>, timeout: Duration) -> Result<Client> {
+        let stream = match TcpStream::connect_timeout(&addr, timeout) {
             Ok(stream) => stream,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 out.emit(
@@ -85,6 +92,20 @@ impl Client {
                         .note(note::REFUSED),
                 );
                 bail!("connection refused by {addr} — is the server running? start one with `tcp-lab serve --port {}`", addr.port());
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                out.emit(
+                    Event::new(Kind::Timeout)
+                        .addrs(None, Some(addr))
+                        .errno(Some("ETIMEDOUT"))
+                        .detail(format!("no answer within {:.1} s", timeout.as_secs_f64()))
+                        .note(note::CONNECT_TIMEOUT),
+                );
+                bail!(
+                    "connect to {addr} timed out after {:.1} s — is its backlog full (a server \
+that does not accept)? try a longer --connect-timeout",
+                    timeout.as_secs_f64()
+                );
             }
             Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
         };
@@ -98,8 +119,8 @@ impl Client {
             peer_closed: false,
             shut_down: false,
             buf: vec![0; READ_BUF],
+            wait: Duration::from_secs(5),
         };
-        client.emit(client.event(Kind::Connect).note(note::CONNECT));
         Ok(client)
     }
 
@@ -166,14 +187,40 @@ impl Client {
         }
     }
 
-    /// Read until everything we sent has come back, the server closes, or `wait` passes.
-    fn await_echo(&mut self, wait: Duration) -> Result<Heard> {
-        self.read_until(wait, |client| client.received >= client.sent)
+    /// Read until everything we sent has come back, the server closes, or `--wait` passes
+    /// (then say so: a `timeout` event, never a silent give-up).
+    fn await_echo(&mut self) -> Result<Heard> {
+        let heard = self.read_until(self.wait, |client| client.received >= client.sent)?;
+        if heard == Heard::Nothing {
+            let missing = self.sent - self.received;
+            let detail = format!("{missing} bytes not echoed within {}", secs(self.wait));
+            self.emit(
+                self.event(Kind::Timeout)
+                    .detail(detail)
+                    .note(note::WAIT_ECHO),
+            );
+        }
+        Ok(heard)
     }
 
-    /// Read (and report) whatever comes until the server's FIN or until `wait` passes.
-    fn await_eof(&mut self, wait: Duration) -> Result<Heard> {
-        self.read_until(wait, |_| false)
+    /// Read (and report) whatever comes until the server's FIN or until `--wait` passes
+    /// (then a `timeout` event).
+    fn await_eof(&mut self) -> Result<Heard> {
+        let heard = self.read_until(self.wait, |_| false)?;
+        if heard == Heard::Nothing {
+            let detail = format!("no FIN within {}", secs(self.wait));
+            self.emit(
+                self.event(Kind::Timeout)
+                    .detail(detail)
+                    .note(note::WAIT_FIN),
+            );
+        }
+        Ok(heard)
+    }
+
+    /// Stay connected and idle for `hold`, still reading: a FIN meanwhile is seen at once.
+    fn hold(&mut self, hold: Duration) -> Result<Heard> {
+        self.read_until(hold, |_| false)
     }
 
     fn read_until(&mut self, wait: Duration, done: impl Fn(&Client) -> bool) -> Result<Heard> {
@@ -238,6 +285,59 @@ impl Client {
     }
 }
 
+/// `5 s`, `0.5 s`: a duration as the learner gave it.
+fn secs(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+/// Ctrl-C (or SIGTERM) ends the client at once, wherever it is blocked (on stdin, in a read,
+/// in a pause): the handler reports the close the kernel is about to do for us, then exits.
+/// Its own copy of the socket (a dup) lets it read the state and what is left unread.
+fn close_on_ctrl_c(client: &Client) -> Result<()> {
+    let copy = client
+        .stream
+        .try_clone()
+        .context("cannot duplicate the socket")?;
+    let out = Arc::clone(&client.out);
+    let (local, peer) = (client.local, client.peer);
+    ctrlc::set_handler(move || {
+        let state = tcp_state::of(&copy);
+        // What the kernel will do when our descriptors close at exit: data left unread
+        // makes it an RST; a FIN already sent (shutdown) leaves nothing to send.
+        let why = if unread_bytes(&copy) > 0 {
+            note::CLOSE_CTRL_C_UNREAD
+        } else if matches!(
+            state,
+            Some("FIN_WAIT1" | "FIN_WAIT2" | "CLOSING" | "TIME_WAIT")
+        ) {
+            note::CLOSE_CTRL_C_AFTER_FIN
+        } else {
+            note::CLOSE_CTRL_C
+        };
+        let event = Event::new(Kind::Close)
+            .addrs(local, peer)
+            .state(state)
+            .detail("Ctrl-C")
+            .note(why);
+        out.emit(event);
+        out.flush();
+        std::process::exit(0); // the kernel closes every descriptor: the FIN (or RST) goes out
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+/// How many received bytes wait unread in the socket's receive buffer (FIONREAD).
+fn unread_bytes(stream: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`; the descriptor is open for the call.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// `--send`, `--count`, `--bye`: a fixed script, each send answered before the next.
 fn scripted(mut client: Client, args: &ClientArgs) -> Result<()> {
     let mut messages: Vec<String> = args.send.clone();
@@ -251,17 +351,16 @@ fn scripted(mut client: Client, args: &ClientArgs) -> Result<()> {
         }
         client.send(format!("{text}\n").as_bytes())?;
         // A half-closing client sends everything first and reads the echoes after its FIN.
-        if !args.half_close && client.await_echo(REPLY_WAIT)? == Heard::Eof {
+        if !args.half_close && client.await_echo()? == Heard::Eof {
             break; // the server closed: there is nobody left to talk to
         }
     }
     if args.bye && !client.peer_closed {
         client.send(b"Bye\n")?;
-        client.await_eof(REPLY_WAIT)?;
+        client.await_eof()?;
     }
     if let Some(secs) = args.hold.filter(|_| !client.peer_closed) {
-        // Idle, but still reading: if the server closes meanwhile, we see its FIN at once.
-        client.await_eof(Duration::from_secs_f64(secs))?;
+        client.hold(Duration::from_secs_f64(secs))?;
     }
     finish(client, args)
 }
@@ -273,7 +372,7 @@ fn finish(mut client: Client, args: &ClientArgs) -> Result<()> {
     }
     if args.half_close && !client.peer_closed {
         client.shutdown_write()?;
-        client.await_eof(REPLY_WAIT)?;
+        client.await_eof()?;
     }
     client.close();
     Ok(())
@@ -308,7 +407,7 @@ fn interactive(mut client: Client, args: &ClientArgs) -> Result<()> {
         Watch::StdinEnded => {
             // Let the echoes of what we sent come home, then close the way we were asked.
             client.stream.set_nonblocking(false)?;
-            client.await_echo(REPLY_WAIT)?;
+            client.await_echo()?;
             finish(client, args)
         }
     }

@@ -46,6 +46,7 @@ pub const LESSONS: &[Lesson] = &[
     lesson!(9, "multiplexing", "09-multiplexing.md"),
     lesson!(10, "byte-stream", "10-byte-stream.md"),
     lesson!(11, "event-loop", "11-event-loop.md"),
+    lesson!(12, "chat", "12-chat.md"),
 ];
 
 impl Lesson {
@@ -597,7 +598,7 @@ mod tests {
         assert_eq!(find("06").map(|l| l.name), Some("close"));
         assert_eq!(find("close").map(|l| l.number), Some(6));
         assert_eq!(find("06-close.md").map(|l| l.number), Some(6));
-        assert!(find("12").is_none());
+        assert!(find("13").is_none());
         assert!(find("closing").is_none());
     }
 

@@ -356,6 +356,17 @@ pub fn render(events: &[Value], explain: bool) -> String {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
+            // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
+            Kind::Timeout if side == Side::Client => {}
+            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
+            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
+            Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
             Kind::Close | Kind::Timeout | Kind::Limit => {
                 d.gone[me] = true;
                 if !d.fin[me] && !d.rst[me] {
@@ -407,7 +418,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
 }
 
 fn kind_of(e: &Value) -> Kind {
-    const KINDS: [Kind; 20] = [
+    const KINDS: [Kind; 24] = [
         Kind::Listen,
         Kind::Accept,
         Kind::Connect,
@@ -428,6 +439,10 @@ fn kind_of(e: &Value) -> Kind {
         Kind::Error,
         Kind::Stop,
         Kind::Summary,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Nick,
+        Kind::Relay,
     ];
     let name = e["kind"].as_str().unwrap_or("");
     KINDS
@@ -497,14 +512,29 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
             vec![label(call), plain(format!("= {errno}"))]
         }
         Kind::BrokenPipe => vec![label("write()"), plain(format!("= {errno}"))],
+        Kind::Timeout if e["role"] == "client" => vec![label("gave up waiting")],
         Kind::Timeout => vec![label("idle: close()")],
         Kind::Limit => vec![label("full: close()")],
         Kind::Spawn => vec![label("spawn")],
         Kind::Exit => vec![label("exit")],
         Kind::WouldBlock => vec![label("WouldBlock")],
         Kind::Error => vec![label("error"), plain(errno.to_string())],
-        Kind::Stop => vec![label("Ctrl-C: stop")],
+        // Every stop in a demo is the demo's doing: it sends the server SIGINT.
+        Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
+        // Chat: what the rooms did with a line or a member.
+        Kind::Join | Kind::Leave => vec![
+            label(kind.name()),
+            plain(format!("{} #{}", text(e, "nick"), text(e, "room"))),
+        ],
+        Kind::Nick => vec![
+            label("nick"),
+            plain(format!("{} → {}", text(e, "from"), text(e, "nick"))),
+        ],
+        Kind::Relay => vec![
+            label("relay"),
+            plain(format!("<{}> to {}", text(e, "from"), e["to"])),
+        ],
     };
     if let Some(data) = e["data"].as_str() {
         let shown: String = data.chars().take(14).collect();
@@ -518,6 +548,11 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// A string field of an event, or nothing.
+fn text<'a>(e: &'a Value, field: &str) -> &'a str {
+    e[field].as_str().unwrap_or("")
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the

@@ -46,13 +46,10 @@ pub const SERVER: &str = "server";
 
 /// `tcp-lab demo`: list the scenarios, or run one and draw its timeline.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    if args.list {
-        for scenario in SCENARIOS {
-            println!("{:<20} {}", scenario.name, scenario.about);
-        }
+    let Some(name) = args.name.as_deref().filter(|_| !args.list) else {
+        list(args.list);
         return Ok(());
-    }
-    let name = args.name.as_deref().unwrap_or_default();
+    };
     let scenario = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         anyhow!(
@@ -68,12 +65,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         } else {
             " "
         };
-        println!("{}{gap}{}", title.bold(), scenario.about);
+        let _ = writeln!(std::io::stdout(), "{}{gap}{}", title.bold(), scenario.about);
         let _ = std::io::stdout().flush();
     }
 
     let mut lab = Lab::new(args.port)?;
     let result = (scenario.run)(&mut lab);
+    let ended = lab.now();
     let events = causal_order(lab.finish());
 
     let explain = !args.output.no_explain;
@@ -94,6 +92,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     let _ = stdout.flush();
+    if !text {
+        // The verdict is one more JSON object, the last line, for scripts as for people.
+        let _ = writeln!(stdout, "{}", verdict(name, ended, &result));
+        let _ = stdout.flush();
+    }
     match result {
         Ok(shown) => {
             let line = format!("shown: {shown}");
@@ -107,14 +110,68 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                     };
                     let _ = writeln!(stdout, "{mark} {}", part.bold());
                 }
-            } else {
-                eprintln!("tcp-lab demo {name}: {line}");
             }
             Ok(())
         }
+        // A port someone else holds is the learner's to fix, not a failed lesson.
+        Err(error) if error.downcast_ref::<PortInUse>().is_some() => Err(error),
         Err(error) => Err(error.context(format!("demo {name} did not show what it teaches"))),
     }
 }
+
+/// `tcp-lab demo` or `--list`: every scenario, one a line; without `--list` (a learner
+/// browsing), a title and a hint too, as `tcp-lab lesson` does.
+fn list(bare: bool) {
+    let mut text = String::new();
+    if !bare {
+        text.push_str(&format!("{}\n", "The tcp-lab demos".bold()));
+    }
+    for scenario in SCENARIOS {
+        text.push_str(&format!("{:<20} {}\n", scenario.name, scenario.about));
+    }
+    if !bare {
+        text.push_str(
+            "\nRun one with `tcp-lab demo NAME`; `--format json` prints its events as JSON lines.\n",
+        );
+    }
+    // A reader that left early (`| head`) is not an error.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// The demo's verdict as JSON: `{"role":"demo","kind":"verdict","demo":…,"shown":…,"detail":…}`.
+fn verdict(name: &str, ts: f64, result: &Result<String>) -> Value {
+    let (shown, detail) = match result {
+        Ok(shown) => (true, shown.clone()),
+        Err(error) if error.downcast_ref::<PortInUse>().is_some() => (false, format!("{error:#}")),
+        Err(error) => (false, format!("did not show what it teaches: {error:#}")),
+    };
+    serde_json::json!({
+        "ts": (ts * 1e6).round() / 1e6,
+        "role": "demo",
+        "kind": "verdict",
+        "demo": name,
+        "shown": shown,
+        "detail": detail,
+    })
+}
+
+/// The port the demo was told to use (`--port`) is taken: said as such, and not as a demo
+/// that failed to show its point.
+#[derive(Debug)]
+pub struct PortInUse(pub u16);
+
+impl std::fmt::Display for PortInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "port {} is in use — is another server running? leave out --port (the kernel \
+picks a free one) or pick another",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PortInUse {}
 
 /// A child process of the demo, stopped when dropped.
 struct Proc {
@@ -290,7 +347,11 @@ impl Lab {
                 if let Some(reader) = proc.stderr_reader.take() {
                     let _ = reader.join();
                 }
-                bail!("the server did not start: {}", proc.stderr_text());
+                let said = proc.stderr_text();
+                if said.contains("already in use") && self.port != 0 {
+                    return Err(PortInUse(self.port).into());
+                }
+                bail!("the server did not start: {said}");
             }
             self.pump(Duration::from_millis(10));
         }
@@ -380,6 +441,15 @@ impl Lab {
                 Msg::Done(index) => self.procs[index].drained = true,
             }
             next = self.rx.try_recv().ok();
+        }
+    }
+
+    /// Replace the note of every event so far that satisfies `matches`: for where the demo
+    /// knows more of the story than the process that printed it (what fed a client's stdin).
+    pub fn renote(&mut self, matches: impl Fn(&Value) -> bool, note: &'static str) {
+        self.pump(Duration::ZERO);
+        for event in self.events.iter_mut().filter(|e| matches(e)) {
+            event["note"] = note.into();
         }
     }
 
@@ -621,6 +691,7 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
                 theirs.iter().copied().find(|&i| {
                     kinds.iter().any(|k| events[i]["kind"] == *k)
                         && events[i]["note"] != crate::note::CLOSE_SHARED
+                        && !is(&events[i], CLIENT, "timeout") // gave up waiting: sent nothing
                 })
             };
             let mut received = 0;

@@ -29,7 +29,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,17 +55,23 @@ struct Worker {
 
 /// The pipe through which children report their counts: both ends stay with the parent for
 /// the whole run (two descriptors, however many children), the write end to be inherited.
-struct Reports {
+pub struct Reports {
     read: File,
     write: OwnedFd,
 }
 
 /// The parent: accept, spawn a child for the connection, close our copy, reap children.
-pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) {
+/// `reports`: the pipe for the children's counts (made before the listen event).
+pub fn run(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    parent_keeps_fd: bool,
+    reports: Option<Result<Reports>>,
+) {
     super::wake_accept_every_tick(listener, server);
     let mut workers: Vec<Worker> = Vec::new();
-    let reports = match report_pipe() {
-        Ok(reports) => Some(reports),
+    let reports = match reports.transpose() {
+        Ok(reports) => reports,
         Err(e) => {
             // Serving goes on; only the summary's message counts will be missing.
             server
@@ -139,12 +145,17 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
             die_with_parent(parent)
         });
     }
-    let child = command.spawn().context("cannot start a child process")?;
+    // The child's stdin is a pipe from us: it waits for its end (EOF) before it serves, so
+    // our `spawn` event is printed before anything the child prints (both write to one stdout).
+    command.stdin(Stdio::piped());
+    let mut child = command.spawn().context("cannot start a child process")?;
     server.out.emit(
         conn.event(Kind::Spawn)
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
+    server.out.flush();
+    drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
 
@@ -154,7 +165,7 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
 /// pipe (its counts would be lost, not the child; the parent drains the pipe every turn of its
 /// loop). Plain pipe() and fcntl(), not Linux's pipe2(), so the code stays portable; no other
 /// thread of ours starts processes meanwhile.
-fn report_pipe() -> Result<Reports> {
+pub fn report_pipe() -> Result<Reports> {
     let mut fds = [0; 2];
     // SAFETY: pipe writes two descriptors into the array we pass; fcntl only sets flags on
     // the descriptors it just made.
@@ -327,6 +338,7 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
+    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -335,7 +347,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let server = Server {
         config,
         out: Output::new(Role::Server, Some(Mode::Process.name()), &serve.output)
-            .quiet(serve.quiet),
+            .quiet(serve.quiet)
+            .shedding(),
         stop: Stop::default(),
         stats: Stats::default(),
     };
@@ -346,13 +359,30 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let conn = Connection::new(args.conn, stream);
     let ending = echo::serve(conn, &server);
     send_report(args.report_fd, &server);
+    // Within the parent's CHILD_GRACE, even when stdout is not read.
+    server.out.finish(CHILD_GRACE / 2);
     match ending {
         Ending::Finished => Ok(()),
         Ending::Crashed(_still_open) => {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
-            server.out.flush();
             std::process::exit(CRASH_STATUS);
+        }
+    }
+}
+
+/// Our stdin is a pipe from the parent, which closes it once it has printed our `spawn`
+/// event: read it to its end, so none of our events can be printed before that one. (If the
+/// parent dies first, its end closes too: EOF all the same.)
+fn wait_for_the_parents_spawn_event() {
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match std::io::Read::read(&mut stdin, &mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return, // no stdin to wait on: nothing to order against
         }
     }
 }
