@@ -599,6 +599,18 @@ impl Output {
         }
     }
 
+    /// Write out what is queued and wait, at most `limit`, until it is written: for an event
+    /// that must be on stdout before another process prints (the process model's `spawn`,
+    /// before its child's first event). A stdout nobody reads costs `limit`, no more.
+    pub fn flush_written(&self, limit: Duration) {
+        match &self.sink {
+            Sink::Direct(_) => self.flush(),
+            Sink::Shedding(shedding) => {
+                let _ = shedding.finish(limit);
+            }
+        }
+    }
+
     /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
     /// nobody reads, and say on stderr how many events were lost.
     pub fn finish(&self, limit: Duration) {

@@ -44,6 +44,10 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
+/// At most this long the parent waits for its `spawn` event to reach stdout before it lets
+/// the child start.
+const SPAWN_WRITTEN_WAIT: Duration = Duration::from_millis(100);
+
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
 
@@ -154,7 +158,9 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    server.out.flush();
+    // Written, not only queued (the events have their own writer thread), before the child
+    // may print; bounded, so a stdout nobody reads cannot stall the accepting.
+    server.out.flush_written(SPAWN_WRITTEN_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
