@@ -44,9 +44,9 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
-/// At most this long the parent waits for its `spawn` event to reach stdout before it lets
-/// the child start.
-const SPAWN_WRITTEN_WAIT: Duration = Duration::from_millis(100);
+/// How long the parent waits for its `spawn` event to reach stdout before letting the child
+/// start (a stdout nobody reads must not hold up every connection).
+const SPAWN_EVENT_WAIT: Duration = Duration::from_millis(200);
 
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
@@ -138,14 +138,15 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
     // For this socket (and the report pipe) we want the opposite: clear FD_CLOEXEC in the
     // child, between fork and exec, so the new program finds them at the same numbers.
     let parent = std::process::id();
-    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
-    // must be.
+    // SAFETY: fcntl, sigprocmask, prctl and getppid are async-signal-safe, as code between
+    // fork and exec must be.
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
             if let Some(report_fd) = report_fd {
                 clear_close_on_exec(report_fd)?;
             }
+            super::block_stop_signals()?; // until the child's own handler is installed
             die_with_parent(parent)
         });
     }
@@ -158,9 +159,8 @@ fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> 
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    // Written, not only queued (the events have their own writer thread), before the child
-    // may print; bounded, so a stdout nobody reads cannot stall the accepting.
-    server.out.flush_written(SPAWN_WRITTEN_WAIT);
+    // Written out before the go-ahead (unless stdout is stuck: then events are shed anyway).
+    server.out.flush_and_wait(SPAWN_EVENT_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
