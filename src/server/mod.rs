@@ -389,6 +389,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // The process model's report pipe, before the listen event too: from that event on, the
+    // server's descriptors are its listener and its connections only.
+    let reports = (args.mode == Mode::Process && args.app == App::Echo).then(process::report_pipe);
     // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
     let local = listener.local_addr().unwrap_or(addr);
     let _wire =
@@ -404,7 +407,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     server.out.flush(); // a script waits for this line to learn the port
 
     let served = match args.app {
-        App::Echo => run_echo(&listener, &server, args),
+        App::Echo => run_echo(&listener, &server, args, reports),
         App::Chat => chat::run(&listener, &server),
         App::Talk => talk::run(&listener, &server),
     };
@@ -420,7 +423,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 /// The echo server, in the mode the learner picked.
-fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> Result<()> {
+fn run_echo(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    args: &ServeArgs,
+    reports: Option<Result<process::Reports>>,
+) -> Result<()> {
     match args.mode {
         Mode::Blocking => {
             blocking::run(listener, server);
@@ -431,7 +439,7 @@ fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> R
             Ok(())
         }
         Mode::Process => {
-            process::run(listener, server, args.parent_keeps_fd);
+            process::run(listener, server, args.parent_keeps_fd, reports);
             Ok(())
         }
         Mode::Nonblocking => {
@@ -611,8 +619,7 @@ fn emit_summary(server: &Server) {
         .stat("connections", Stats::get(&stats.accepted))
         .stat("finished", Stats::get(&stats.finished));
     summary = match server.config.app {
-        // In the process model the children count messages, in memory the parent cannot see.
-        App::Echo if server.config.mode == Mode::Process => summary,
+        // In the process model the children count these; their reports add them up here.
         App::Echo => summary
             .stat("messages", Stats::get(&stats.messages))
             .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
