@@ -186,6 +186,15 @@ pub const EXIT_PROCESS_CRASH: &str =
     "the child died without closing its socket; the kernel closed \
 its descriptors and sent the FIN (an RST, had data been left unread). The parent learns of it from the exit status";
 
+pub const EXIT_PROCESS_CRASH_FIN: &str = "the child died without closing its socket; the kernel \
+closed its descriptors and, as nothing was left unread (the child looked as it died), sent the FIN. \
+The parent learns of it from the exit status";
+
+pub const EXIT_PROCESS_CRASH_UNREAD: &str = "the child died without closing its socket, with the \
+peer's bytes still unread (the child looked as it died and told the parent through the report \
+pipe): the kernel closed its descriptors and sent an RST, not a FIN. The peer's read fails \
+ECONNRESET";
+
 pub const CLOSE_SHARED: &str = "close() of this process's copy only (--parent-keeps-fd): the parent \
 still holds the socket, so the kernel sends nothing yet. The FIN goes out when the last copy is closed";
 

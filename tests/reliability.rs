@@ -519,7 +519,7 @@ mod properties {
 }
 
 in_modes!(
-    [blocking, threaded, nonblocking, select, poll]
+    [blocking, threaded, process, nonblocking, select, poll]
     defect_3_a_crash_with_bytes_unread_says_rst,
 );
 
@@ -538,8 +538,31 @@ fn defect_3_a_crash_with_bytes_unread_says_rst(mode: &str) {
         is_reset(&ended),
         "the peer's read ended {ended:?}, not ECONNRESET"
     );
-    let kind = if mode == "threaded" { "exit" } else { "abort" };
+    // A thread's or a child's death is its `exit` (the child told the parent what it left).
+    let kind = if matches!(mode, "threaded" | "process") {
+        "exit"
+    } else {
+        "abort"
+    };
     let crash = server.expect_where(kind, |e| e["conn"] == 1 && e["unread"] == 1);
     let note = crash["note"].as_str().unwrap_or_default();
     assert!(note.contains("RST"), "{crash}");
+}
+
+/// A child that crashes with nothing unread: it looked as it died, so the parent's `exit`
+/// says the FIN exactly, not "the FIN (an RST, had data been left unread)"; the peer reads
+/// the echo, then EOF.
+#[test]
+fn a_crashed_child_with_nothing_unread_says_fin_exactly() {
+    let (mut server, port) = server("process", &["--crash-after", "1"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"a").unwrap();
+    let (got, ended) = read_to_end_or_error(&mut peer);
+    assert_eq!(got, b"a");
+    assert!(ended.is_ok(), "the peer's read ended {ended:?}, not EOF");
+    let exit = server.expect_conn("exit", 1);
+    assert!(exit["unread"].is_null(), "{exit}");
+    let note = exit["note"].as_str().unwrap_or_default();
+    assert_eq!(kernel_sends(note), Some("FIN"), "{exit}");
+    assert!(!note.contains("had data been left unread"), "{exit}");
 }

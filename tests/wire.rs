@@ -625,3 +625,28 @@ fn half_duplex_checks_that_nothing_answers_the_second_line_before_the_operator()
         "{detail}"
     );
 }
+
+/// Process mode: the child dies over input it never read. It looked as it died and told the
+/// parent, so the `exit` event's note says RST — and an RST is what its kernel sent.
+#[test]
+fn a_crashed_child_over_unread_input_sends_what_its_note_says() {
+    if !capture_required("process_crash_with_unread_input") {
+        return;
+    }
+    let (mut server, port) = wire_server("process", &["--crash-after", "1", "--delay", "500"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"first").unwrap();
+    server.expect_conn("recv", 1);
+    peer.write_all(b"second").unwrap();
+    wait_packet(&mut server, "carrying the second message", |p| {
+        p["len"] == 6
+    });
+    let _ = read_to_end_or_error(&mut peer);
+    let exit = server.expect_where("exit", |e| e["conn"] == 1);
+    assert_eq!(exit["unread"], 6, "{exit}");
+    assert_note_matches_wire(
+        &mut server,
+        &peer,
+        "process --crash-after with unread input",
+    );
+}

@@ -16,7 +16,9 @@
 //!   client would never see the FIN when the child closes. `--parent-keeps-fd` makes that
 //!   mistake on purpose (demo: `tcp-lab demo parent-keeps-fd`).
 //! - `--crash-after N` makes the child exit abruptly; the kernel closes its descriptors and
-//!   sends the FIN, and the parent reports the child's exit status.
+//!   sends the FIN (an RST if the peer's bytes were left unread), and the parent reports the
+//!   child's exit status. Only the child can see its unread bytes (FIONREAD), so it looks as
+//!   it dies and says how many in its report; the parent's `exit` then names FIN or RST.
 //! - A child counts its messages in its own memory, which the parent cannot see. So every
 //!   child inherits one more descriptor, the write end of one pipe shared by all, and writes
 //!   its counts there as it ends (one short line: one atomic write); the parent reads them
@@ -24,6 +26,8 @@
 //!
 //! Lesson: `lessons/02-processes.md`; demo: `tcp-lab demo process-per-client`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -62,6 +66,9 @@ struct Worker {
 pub struct Reports {
     read: File,
     write: OwnedFd,
+    /// For each child that crashed (`--crash-after`): the bytes it found unread in its socket
+    /// as it died, which decide FIN or RST. Only the child can look (FIONREAD on its socket).
+    crashes: RefCell<HashMap<u64, usize>>,
 }
 
 /// The parent: accept, spawn a child for the connection, close our copy, reap children.
@@ -190,12 +197,14 @@ pub fn report_pipe() -> Result<Reports> {
         Reports {
             read: File::from_raw_fd(fds[0]),
             write: OwnedFd::from_raw_fd(fds[1]),
+            crashes: RefCell::default(),
         }
     })
 }
 
 /// Add up every report the children have written so far. Each is one line written at once,
-/// shorter than PIPE_BUF, so lines from different children never mix.
+/// shorter than PIPE_BUF, so lines from different children never mix. A crashed child's line
+/// also says how many bytes it left unread (`conn=N unread=K`), kept for its `exit` event.
 fn collect_reports(reports: Option<&Reports>, server: &Server) {
     let Some(reports) = reports else { return };
     let mut text = Vec::new();
@@ -205,29 +214,48 @@ fn collect_reports(reports: Option<&Reports>, server: &Server) {
         text.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&text);
-    for (name, value) in text.split_whitespace().filter_map(|kv| kv.split_once('=')) {
-        let counter = match name {
-            "messages" => &server.stats.messages,
-            "bytes_echoed" => &server.stats.bytes_echoed,
-            "resets" => &server.stats.resets,
-            _ => continue,
-        };
-        Stats::add(counter, value.parse().unwrap_or(0));
+    for line in text.lines() {
+        let (mut conn, mut unread) = (None, None);
+        for (name, value) in line.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+            let counter = match name {
+                "messages" => &server.stats.messages,
+                "bytes_echoed" => &server.stats.bytes_echoed,
+                "resets" => &server.stats.resets,
+                "conn" => {
+                    conn = value.parse::<u64>().ok();
+                    continue;
+                }
+                "unread" => {
+                    unread = value.parse::<usize>().ok();
+                    continue;
+                }
+                _ => continue,
+            };
+            Stats::add(counter, value.parse().unwrap_or(0));
+        }
+        if let (Some(conn), Some(unread)) = (conn, unread) {
+            reports.crashes.borrow_mut().insert(conn, unread);
+        }
     }
 }
 
-/// The child's side: its counts, in one write, as it ends.
-fn send_report(report_fd: Option<RawFd>, server: &Server) {
+/// The child's side: its counts, in one write, as it ends; after a crash, also its connection
+/// and the bytes left unread in its socket (`crash`).
+fn send_report(report_fd: Option<RawFd>, server: &Server, crash: Option<(u64, usize)>) {
     let Some(fd) = report_fd else { return };
     // SAFETY: the parent passed this descriptor for this process to own and close.
     let mut pipe = unsafe { File::from_raw_fd(fd) };
     let stats = &server.stats;
-    let line = format!(
-        "messages={} bytes_echoed={} resets={}\n",
+    let mut line = format!(
+        "messages={} bytes_echoed={} resets={}",
         Stats::get(&stats.messages),
         Stats::get(&stats.bytes_echoed),
         Stats::get(&stats.resets)
     );
+    if let Some((conn, unread)) = crash {
+        line += &format!(" conn={conn} unread={unread}");
+    }
+    line.push('\n');
     // One write() of fewer than PIPE_BUF bytes: atomic, never mixed with another child's.
     let _ = pipe.write(line.as_bytes());
 }
@@ -275,7 +303,7 @@ fn reap_exited(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Repo
                 let worker = workers.swap_remove(i);
                 // Exited: its report is in the pipe now.
                 collect_reports(reports, server);
-                report_exit(worker.conn, status, server);
+                report_exit(worker.conn, status, server, reports);
             }
             Ok(None) => i += 1,
             Err(e) => {
@@ -290,12 +318,19 @@ fn reap_exited(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Repo
     }
 }
 
-fn report_exit(conn: u64, status: ExitStatus, server: &Server) {
+/// The child's `exit`. After a crash the child's report says whether it left bytes unread:
+/// then the note says exactly FIN or RST; without a report (killed, or no pipe) it cannot.
+fn report_exit(conn: u64, status: ExitStatus, server: &Server, reports: Option<&Reports>) {
+    let unread = reports.and_then(|r| r.crashes.borrow_mut().remove(&conn));
     let (detail, why) = match (status.code(), status.signal()) {
         (Some(0), _) => ("child exited with status 0".to_string(), note::EXIT_PROCESS),
         (Some(code), _) => (
             format!("child exited with status {code}"),
-            note::EXIT_PROCESS_CRASH,
+            match unread {
+                Some(0) => note::EXIT_PROCESS_CRASH_FIN,
+                Some(_) => note::EXIT_PROCESS_CRASH_UNREAD,
+                None => note::EXIT_PROCESS_CRASH,
+            },
         ),
         (None, Some(signal)) => (
             format!("child killed by signal {signal}"),
@@ -303,9 +338,12 @@ fn report_exit(conn: u64, status: ExitStatus, server: &Server) {
         ),
         (None, None) => ("child ended".to_string(), note::EXIT_PROCESS),
     };
-    server
-        .out
-        .emit(Event::new(Kind::Exit).conn(conn).detail(detail).note(why));
+    let event = Event::new(Kind::Exit).conn(conn).detail(detail);
+    let event = match unread {
+        Some(n) if n > 0 => event.unread(n),
+        _ => event,
+    };
+    server.out.emit(event.note(why));
     server.finished();
 }
 
@@ -326,7 +364,7 @@ fn stop_children(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Re
     for mut worker in workers.drain(..) {
         let _ = worker.child.kill();
         if let Ok(status) = worker.child.wait() {
-            report_exit(worker.conn, status, server);
+            report_exit(worker.conn, status, server, reports);
         }
     }
     // The last reports, before the summary.
@@ -363,15 +401,24 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
     let conn = Connection::new(args.conn, stream);
-    let ending = echo::serve(conn, &server);
-    send_report(args.report_fd, &server);
-    // Within the parent's CHILD_GRACE, even when stdout is not read.
-    server.out.finish(CHILD_GRACE / 2);
-    match ending {
-        Ending::Finished => Ok(()),
-        Ending::Crashed(_still_open) => {
+    match echo::serve(conn, &server) {
+        Ending::Finished => {
+            send_report(args.report_fd, &server, None);
+            // Within the parent's CHILD_GRACE, even when stdout is not read.
+            server.out.finish(CHILD_GRACE / 2);
+            Ok(())
+        }
+        Ending::Crashed(still_open) => {
+            server.out.finish(CHILD_GRACE / 2);
+            // The last look before dying: bytes still unread make the kernel's close an
+            // RST, not a FIN. Only we can see them; the parent learns the count from us.
+            // (With --parent-keeps-fd the parent's copy keeps the connection open: our death
+            // sends nothing, so there is no FIN or RST to decide.)
+            let crash =
+                (!server.config.copy_held_elsewhere).then(|| (still_open.id, still_open.unread()));
+            send_report(args.report_fd, &server, crash);
             // Exit without closing anything: the kernel closes our descriptors and sends
-            // the FIN, exactly as when a real server process dies.
+            // the FIN (the RST), exactly as when a real server process dies.
             std::process::exit(CRASH_STATUS);
         }
     }
