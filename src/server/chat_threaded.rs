@@ -59,6 +59,9 @@ struct Queue {
     /// Bytes the writer took and is writing right now (they count towards the limit).
     in_flight: usize,
     state: State,
+    /// The writer met the peer's RST. The kernel reports an RST once, to whichever call
+    /// comes first: the reader's next read() then returns 0, as if it were a FIN.
+    reset: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,11 @@ fn read_lines(
         }
         let n = match outcome::classify_read((&conn.stream).read(&mut buf)) {
             ReadOutcome::Data(n) => n,
+            // The writer thread already met (and reported) the RST: this 0 is not a FIN.
+            ReadOutcome::Eof if mailbox.was_reset() => {
+                leave(rooms, id, Why::Reset, server);
+                return Ending::Dead;
+            }
             ReadOutcome::Eof => {
                 server.out.emit(conn.event(Kind::Eof).note(note::EOF));
                 leave(rooms, id, Why::Eof, server);
@@ -333,6 +341,10 @@ impl Mailbox {
         self.lock().state
     }
 
+    fn was_reset(&self) -> bool {
+        self.lock().reset
+    }
+
     fn set_state(&self, state: State) {
         let mut queue = self.lock();
         if queue.state == State::Open || state == State::Dropped {
@@ -423,6 +435,7 @@ fn write_mailbox(conn: &Connection, mailbox: &Mailbox, server: &Server) {
                 }
                 WriteOutcome::Reset => {
                     echo::report_reset(conn, server, "write()");
+                    mailbox.lock().reset = true;
                     return mailbox.set_state(State::Broken);
                 }
                 WriteOutcome::Failed(e) => {
