@@ -125,10 +125,12 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             server::run(&args)
         }
         Command::Client(args) => {
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             client::run(&args)
         }
         Command::Demo(args) => {
@@ -145,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::ServeChild(args) => {
             event::set_color(args.serve.output.color);
+            event::set_decode(args.serve.decode);
             server::process::run_child(&args)
         }
     }
