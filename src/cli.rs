@@ -133,9 +133,16 @@ pub struct ServeArgs {
     /// After N messages close with SO_LINGER 0, which sends an RST.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub reset_after: Option<u64>,
-    /// Stop after N connections have finished.
+    /// Stop after N connections have finished. The listening socket is closed as soon as
+    /// the Nth is accepted (no later one would be served): a late client is refused at once
+    /// (SYN answered by RST) instead of waiting in the backlog to be reset when we exit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub exit_after: Option<u64>,
+    /// After N connections are accepted, close the listening socket and serve on (seed 003):
+    /// the connections already accepted go on; a new client's SYN is answered by an RST
+    /// (ECONNREFUSED).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_listener_after: Option<u64>,
     /// Above N open connections, tell a newcomer `server full` and close it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,

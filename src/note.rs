@@ -183,3 +183,13 @@ earlier, while this naive client sat blocked reading its stdin (a pipe: the demo
 into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
 into that closed connection still succeeded (into our kernel); the server's kernel answered it \
 with an RST, so the next write fails EPIPE";
+
+pub const CLOSE_LISTENER: &str = "close() of the listening socket (--close-listener-after): the \
+connections already accepted are sockets of their own and go on being served; the port has no \
+listener now, so a new client's SYN is answered by an RST (ECONNREFUSED), and a connection still \
+queued, never accepted, is reset";
+
+pub const CLOSE_LISTENER_EXIT: &str = "--exit-after: no later connection will be served, so we \
+close the listening socket now instead of at exit. A client that connects from now on is refused \
+at once (its SYN answered by an RST: ECONNREFUSED) instead of waiting in the backlog to be reset \
+(ECONNRESET) when we exit; the connections already accepted go on";

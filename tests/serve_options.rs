@@ -66,3 +66,63 @@ fn an_unknown_encoding_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("gbk"));
 }
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    close_listener_after_serves_on_and_refuses_newcomers,
+    exit_after_closes_the_listener_as_soon_as_the_last_is_accepted,
+);
+
+/// A connect() that must be refused: the port has no listener, the SYN gets an RST.
+fn assert_refused(port: u16) {
+    match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("connected to port {port}, whose listener was closed"),
+    }
+}
+
+fn close_listener_after_serves_on_and_refuses_newcomers(mode: &str) {
+    let (mut server, port) = server(mode, &["--close-listener-after", "1"]);
+    let mut first = raw_peer(port);
+    first.write_all(b"one\n").unwrap();
+    assert_eq!(read_exactly(&mut first, 4), b"one\n");
+    let closed = server.expect_where("close", |e| e["conn"].is_null());
+    assert_eq!(closed["detail"], "listening socket, after 1 connection");
+    let note = closed["note"].as_str().unwrap();
+    assert!(
+        note.contains("RST") && note.contains("ECONNREFUSED"),
+        "{note}"
+    );
+    assert_eq!(closed["local"], format!("127.0.0.1:{port}"));
+    // What the note says: a newcomer is refused …
+    assert_refused(port);
+    // … and the connection already accepted goes on being served.
+    first.write_all(b"two\n").unwrap();
+    assert_eq!(read_exactly(&mut first, 4), b"two\n");
+    drop(first);
+    server.expect_conn("eof", 1);
+    let accepts = server.seen.iter().filter(|e| e["kind"] == "accept").count();
+    assert_eq!(accepts, 1, "{}", server.history());
+}
+
+/// Seed 002's accept-once server: a late client used to wait in the backlog until the
+/// server exited, then read ECONNRESET. Now it is refused at once, as the note says.
+fn exit_after_closes_the_listener_as_soon_as_the_last_is_accepted(mode: &str) {
+    let (mut server, port) = server(mode, &["--exit-after", "1"]);
+    let mut first = raw_peer(port);
+    first.write_all(b"one\n").unwrap();
+    assert_eq!(read_exactly(&mut first, 4), b"one\n");
+    let closed = server.expect_where("close", |e| e["conn"].is_null());
+    let note = closed["note"].as_str().unwrap();
+    assert!(
+        note.contains("--exit-after") && note.contains("ECONNREFUSED"),
+        "{note}"
+    );
+    assert_refused(port);
+    drop(first);
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}: {}", server.stderr_text());
+    let summary = server.seen.last().unwrap();
+    assert_eq!(summary["kind"], "summary");
+    assert_eq!(summary["stats"]["connections"], 1);
+}

@@ -358,6 +358,8 @@ pub fn render(events: &[Value], explain: bool) -> String {
             }
             // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
             Kind::Timeout if side == Side::Client => {}
+            // The listening socket: nothing crosses the wire until a newcomer's SYN.
+            Kind::Close if is_listener_close(note) => {}
             Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
@@ -496,6 +498,9 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         Kind::Send => vec![label("write()"), plain(format!("= {bytes}"))],
         Kind::Eof => vec![label("read() = 0"), Piece::new("EOF", Style::Dim)],
         Kind::Shutdown => vec![label("shutdown(Write)")],
+        Kind::Close if is_listener_close(e["note"].as_str().unwrap_or("")) => {
+            vec![label("close()"), plain("listener".into())]
+        }
         Kind::Close => vec![label("close()")],
         Kind::Abort => vec![label("close()"), plain("SO_LINGER 0".into())],
         Kind::Reset => {
@@ -519,13 +524,19 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         let more = if shown.len() < data.len() { "…" } else { "" };
         pieces.push(Piece::new(format!("\"{shown}\"{more}"), Style::Dim));
     }
-    let detail_is_new = !matches!(kind, Kind::Reset | Kind::Listen);
+    let detail_is_new = !matches!(kind, Kind::Reset | Kind::Listen)
+        && !is_listener_close(e["note"].as_str().unwrap_or(""));
     if !detail.is_empty() && detail_is_new {
         // Word by word, so a long detail wraps instead of being cut.
         let words = format!("({detail})");
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// The close of a listening socket (`--close-listener-after`, `--exit-after`).
+fn is_listener_close(note: &str) -> bool {
+    note == note::CLOSE_LISTENER || note == note::CLOSE_LISTENER_EXIT
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the

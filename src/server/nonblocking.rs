@@ -46,7 +46,11 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         if accept_paused_until.is_none_or(|until| now >= until) {
             accept_paused_until = None;
             match event_loop::accept(&mut acceptor, listener, server) {
-                LoopAccepted::Conn(lc) => conns.push(lc),
+                LoopAccepted::Conn(lc) => {
+                    conns.push(lc);
+                    // --close-listener-after / --exit-after: close the listener now.
+                    acceptor.close_listener_if_due(listener, server);
+                }
                 // Out of descriptors: accept() would fail at once on every turn, so stop
                 // asking for a moment (the queued connections wait in the kernel).
                 LoopAccepted::BackOff => accept_paused_until = Some(now + EMFILE_BACKOFF),

@@ -62,6 +62,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) 
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         match spawn_child(&conn, server) {
             Ok(child) => workers.push(Worker {
                 conn: conn.id,
