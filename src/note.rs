@@ -193,3 +193,12 @@ pub const CLOSE_LISTENER_EXIT: &str = "--exit-after: no later connection will be
 close the listening socket now instead of at exit. A client that connects from now on is refused \
 at once (its SYN answered by an RST: ECONNREFUSED) instead of waiting in the backlog to be reset \
 (ECONNRESET) when we exit; the connections already accepted go on";
+
+pub const CLOSE_SHARED_THREAD: &str = "close() in the main thread, as a process-model parent \
+closes its copy. But threads share one descriptor table: there is no other copy, so this closes \
+the handler's socket too, and the kernel sends the FIN";
+
+pub const EBADF_SHARED_THREAD: &str = "recv() in the handler thread failed EBADF: the number it \
+was given names nothing any more, because another thread closed it. Worse, a later accept() may \
+reuse that number, and the handler would read a stranger's connection: threads must not close \
+what they share";
