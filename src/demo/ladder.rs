@@ -305,6 +305,12 @@ pub fn render(events: &[Value], explain: bool) -> String {
             }
             continue;
         }
+        // A demo's server told `--exit-after` closes its listener once its last connection
+        // is in: that is how the demo ends, not what it shows, and it puts nothing on the
+        // wire of the connections drawn (`--format json` has the event).
+        if e["note"] == note::CLOSE_LISTENER_EXIT {
+            continue;
+        }
         let side = Side::of(e);
         let kind = kind_of(e);
         let time = e["ts"].as_f64();
