@@ -91,6 +91,29 @@ impl Mode {
     }
 }
 
+/// What the server does with the bytes it reads (`--mode` still chooses how it waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum App {
+    /// Send every byte back, exactly as it came.
+    Echo,
+    /// A chat with rooms: each user's lines go to the others in its room (nc, telnet, or
+    /// `tcp-lab client`). Modes: threaded, nonblocking, select, poll.
+    Chat,
+    /// The server's operator talks to one client through this terminal (seed 004):
+    /// blocking is half-duplex, poll and threaded are full-duplex.
+    Talk,
+}
+
+impl App {
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Chat => "chat",
+            App::Talk => "talk",
+        }
+    }
+}
+
 /// Where the server listens or the client connects.
 #[derive(Debug, Clone, Args)]
 pub struct AddrArgs {
@@ -112,6 +135,14 @@ pub struct ServeArgs {
     /// The concurrency model.
     #[arg(long, value_enum, default_value_t = Mode::Poll)]
     pub mode: Mode,
+    /// What the server does with the bytes: echo them, run a chat, or talk (seed 004).
+    #[arg(long, value_enum, default_value_t = App::Echo)]
+    pub app: App,
+    /// Chat: the longest line accepted, in bytes; a longer one is refused and its
+    /// connection closed, so a peer that never sends a newline costs bounded memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
+    pub max_line: u32,
     #[command(flatten)]
     pub addr: AddrArgs,
     /// The listen backlog: how many finished handshakes the kernel queues before accept().
@@ -120,8 +151,9 @@ pub struct ServeArgs {
     /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s). At most a year.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS * 1000))]
     pub delay: Option<u64>,
-    /// A message equal to this word closes the connection without an echo.
-    #[arg(long, value_name = "WORD", default_value = "Bye")]
+    /// A message equal to this word closes the connection without an echo (what follows
+    /// it in the same read is discarded, and the close event counts it).
+    #[arg(long, value_name = "WORD", default_value = "Bye", value_parser = bye_word)]
     pub bye_word: String,
     /// Answer every message with TEXT plus a newline instead of echoing it (seed 003's
     /// "ok, 问题正在处理中..."): one read, one reply, however many bytes it held.
@@ -240,7 +272,7 @@ pub struct LessonArgs {
     /// The lesson's number (`6`, `06`) or name (`close`); without it, the list.
     #[arg(value_name = "N|NAME")]
     pub lesson: Option<String>,
-    /// Format headings and code for a terminal.
+    /// Colour the headings, commands and code (the layout is the same either way).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }
@@ -284,6 +316,36 @@ impl AddrArgs {
 }
 
 /// A number of seconds: finite and not negative (fractions allowed).
+/// The most bytes one read() returns in the servers (server::echo::READ_BUF, checked by a
+/// test there): a longer bye word could never match.
+pub const BYE_WORD_MAX: usize = 64 * 1024;
+
+/// `--bye-word`: refuse a word that could never match, or would match every blank line.
+fn bye_word(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the bye word cannot be empty or blank: every blank line would close \
+the connection"
+                .into(),
+        );
+    }
+    if text.len() > BYE_WORD_MAX {
+        return Err(format!(
+            "the bye word is {} bytes, but one read() returns at most {BYE_WORD_MAX}, so it \
+could never match",
+            text.len()
+        ));
+    }
+    if text.contains('\n') || text.trim_end() != text {
+        return Err(
+            "the bye word cannot hold a newline or end with whitespace: a message is \
+compared with its trailing whitespace trimmed, so it could never match"
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
 fn seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),

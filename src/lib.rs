@@ -11,6 +11,10 @@
 //! | [`server::nonblocking`] | one thread asking every socket: EAGAIN, and a core burnt on it | 04 |
 //! | [`server::select`] | one thread in select(2): the fd_set rebuilt each turn, the scan, the FD_SETSIZE wall | 05 |
 //! | [`server::poll`] | one thread sleeping in epoll/kqueue; oneshot re-arm; backpressure | 05, 11 |
+//! | [`chat`] | rooms and protocol with no sockets: lines in, messages out; framing lines over a byte stream | 12 |
+//! | [`server::chat_threaded`] | the chat in threads: rooms behind a lock, a bounded queue per member | 12 |
+//! | [`server::chat_poll`] | the chat in one loop: no lock, one thread owns everything | 12 |
+//! | [`server::talk`] | the operator talks to one client: half-duplex (blocking) vs full-duplex (poll) | 12 |
 //! | [`server::event_loop`] | what a connection needs between turns: queued output, deadlines | 04, 05 |
 //! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |
 //! | [`outcome`] | what a socket call's result means: 0 is a FIN, ECONNRESET an RST, … | 06, 07 |
@@ -32,6 +36,7 @@ compile_error!(
      inherited descriptor. On Windows, use WSL."
 );
 
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod demo;
@@ -124,6 +129,10 @@ fn fix_bash_state_names(script: &str) -> String {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            if let Err(why) = server::app_fits(&args) {
+                let usage = clap::error::ErrorKind::ArgumentConflict;
+                command().error(usage, why).exit(); // exit 2, as for any usage error
+            }
             event::set_color(args.output.color);
             event::set_decode(args.decode);
             server::run(&args)

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 /// Every scenario, as `--list` must show it.
-const SCENARIOS: [&str; 20] = [
+const SCENARIOS: [&str; 22] = [
     "blocking-backlog",
     "backlog-full",
     "process-per-client",
@@ -32,6 +32,8 @@ const SCENARIOS: [&str; 20] = [
     "half-close",
     "multiplexed-client",
     "byte-stream",
+    "chat-rooms",
+    "half-duplex",
 ];
 
 /// A demo must finish within 10 s (alone it takes at most 2); this bounds a hung one.
@@ -569,4 +571,55 @@ fn held_port() -> (std::net::TcpListener, u16) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, port)
+}
+
+#[test]
+fn chat_rooms_relays_each_line_to_its_room_only() {
+    let mut demo = demo("chat-rooms");
+    let nick = server(&mut demo, "nick");
+    assert_eq!(
+        (nick["from"].as_str(), nick["nick"].as_str()),
+        (Some("user1"), Some("alice"))
+    );
+    let moved = demo.expect_where("join", |e| e["role"] == "server" && e["room"] == "rust");
+    assert_eq!(moved["nick"], "user3");
+    let lobby = demo.expect_where("relay", |e| e["role"] == "server" && e["room"] == "lobby");
+    assert_eq!(
+        (lobby["from"].as_str(), lobby["to"].as_u64()),
+        (Some("alice"), Some(1))
+    );
+    let rust = demo.expect_where("relay", |e| e["role"] == "server" && e["room"] == "rust");
+    assert_eq!(rust["to"], 0, "user3 is alone in #rust");
+    client(&mut demo, "abort");
+    let left = server(&mut demo, "leave");
+    assert_eq!(
+        (left["nick"].as_str(), left["detail"].as_str()),
+        (Some("user2"), Some("connection reset"))
+    );
+    // What user1 (alice) read after the RST: the lobby was told.
+    demo.expect_where("recv", |e| {
+        e["role"] == "client"
+            && e["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("user2 left #lobby (connection reset)"))
+    });
+}
+
+#[test]
+fn half_duplex_reads_the_second_line_only_after_the_reply() {
+    let mut demo = demo("half-duplex");
+    let first = server(&mut demo, "recv");
+    assert_eq!(first["data"], "hello server\\n");
+    let sent = client(&mut demo, "send");
+    assert_eq!(sent["data"], "are you there?\\n");
+    let reply = server(&mut demo, "send");
+    assert_eq!(reply["data"], "hello client\\n");
+    let second = server(&mut demo, "recv");
+    assert_eq!(second["data"], "are you there?\\n");
+    assert!(
+        ts(&second) - ts(&sent) > 0.5,
+        "the server waited for its operator (the demo types after 0.6 s): {} → {}",
+        ts(&sent),
+        ts(&second)
+    );
 }

@@ -126,3 +126,20 @@ fn exit_after_closes_the_listener_as_soon_as_the_last_is_accepted(mode: &str) {
     assert_eq!(summary["kind"], "summary");
     assert_eq!(summary["stats"]["connections"], 1);
 }
+
+// The chat app has loops of its own: the listener closes there too.
+in_modes!(
+    [threaded, nonblocking, select, poll]
+    chat_close_listener_after_refuses_newcomers,
+);
+
+fn chat_close_listener_after_refuses_newcomers(mode: &str) {
+    let (mut server, port) = server(mode, &["--app", "chat", "--close-listener-after", "1"]);
+    let mut first = raw_peer(port);
+    let mut welcome = [0u8; 10];
+    first.read_exact(&mut welcome).unwrap();
+    assert_eq!(&welcome, b"* welcome ");
+    let closed = server.expect_where("close", |e| e["conn"].is_null());
+    assert_eq!(closed["detail"], "listening socket, after 1 connection");
+    assert_refused(port);
+}

@@ -366,6 +366,11 @@ pub fn render(events: &[Value], explain: bool) -> String {
             Kind::Timeout if side == Side::Client => {}
             // The listening socket: nothing crosses the wire until a newcomer's SYN.
             Kind::Close if is_listener_close(note) => {}
+            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
+            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
             Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
@@ -421,7 +426,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
 }
 
 fn kind_of(e: &Value) -> Kind {
-    const KINDS: [Kind; 20] = [
+    const KINDS: [Kind; 24] = [
         Kind::Listen,
         Kind::Accept,
         Kind::Connect,
@@ -442,6 +447,10 @@ fn kind_of(e: &Value) -> Kind {
         Kind::Error,
         Kind::Stop,
         Kind::Summary,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Nick,
+        Kind::Relay,
     ];
     let name = e["kind"].as_str().unwrap_or("");
     KINDS
@@ -524,6 +533,19 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         // Every stop in a demo is the demo's doing: it sends the server SIGINT.
         Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
+        // Chat: what the rooms did with a line or a member.
+        Kind::Join | Kind::Leave => vec![
+            label(kind.name()),
+            plain(format!("{} #{}", text(e, "nick"), text(e, "room"))),
+        ],
+        Kind::Nick => vec![
+            label("nick"),
+            plain(format!("{} → {}", text(e, "from"), text(e, "nick"))),
+        ],
+        Kind::Relay => vec![
+            label("relay"),
+            plain(format!("<{}> to {}", text(e, "from"), e["to"])),
+        ],
     };
     if let Some(data) = e["data"].as_str() {
         let shown: String = data.chars().take(14).collect();
@@ -543,6 +565,11 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
 /// The close of a listening socket (`--close-listener-after`, `--exit-after`).
 fn is_listener_close(note: &str) -> bool {
     note == note::CLOSE_LISTENER || note == note::CLOSE_LISTENER_EXIT
+}
+
+/// A string field of an event, or nothing.
+fn text<'a>(e: &'a Value, field: &str) -> &'a str {
+    e[field].as_str().unwrap_or("")
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the

@@ -41,6 +41,10 @@ pub const CRASH_STATUS: i32 = 3;
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
 
+/// How long the parent waits for its `spawn` line to reach stdout before letting the child
+/// run: long enough for any terminal or pipe that is read, short enough not to stall serving.
+const SPAWN_LINE_WAIT: Duration = Duration::from_millis(200);
+
 /// A running child and the connection it serves.
 struct Worker {
     conn: u64,
@@ -106,6 +110,9 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
+            // A stop that comes before the child can obey it must wait, not kill it
+            // mid-start (its connection would end with no event); it unblocks them itself.
+            stop_signals(libc::SIG_BLOCK)?;
             die_with_parent(parent)
         });
     }
@@ -118,9 +125,25 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    server.out.flush();
+    // Written, not only queued (a stdout nobody reads costs at most SPAWN_LINE_WAIT).
+    server.out.written_within(SPAWN_LINE_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
+}
+
+/// Block or unblock SIGINT and SIGTERM for this process (the mask survives exec).
+fn stop_signals(how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill a set we own; sigprocmask is async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(how, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn clear_close_on_exec(fd: RawFd) -> std::io::Result<()> {
@@ -230,7 +253,6 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
-    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -239,7 +261,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let server = Server {
         config,
         out: Output::new(Role::Server, Some(Mode::Process.name()), &serve.output)
-            .quiet(serve.quiet),
+            .quiet(serve.quiet)
+            .shedding(),
         stop: Stop::default(),
         stats: Stats::default(),
     };
@@ -247,13 +270,19 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // The parent announces the stop; the child just obeys it (SIGTERM from the parent, or
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
+    // Blocked since the fork (a stop in between is pending, delivered now, and obeyed).
+    stop_signals(libc::SIG_UNBLOCK)?;
+    // After the handler: a stop that comes while we wait is then obeyed, not fatal.
+    wait_for_the_parents_spawn_event();
     let conn = Connection::new(args.conn, stream);
-    match echo::serve(conn, &server) {
+    let ending = echo::serve(conn, &server);
+    // Within the parent's CHILD_GRACE, even when stdout is not read.
+    server.out.finish(CHILD_GRACE / 2);
+    match ending {
         Ending::Finished => Ok(()),
         Ending::Crashed(_still_open) => {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
-            server.out.flush();
             std::process::exit(CRASH_STATUS);
         }
     }
