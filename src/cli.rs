@@ -45,6 +45,7 @@ pub enum Command {
         tcp-lab demo                              # every scenario, with what it shows\n  \
         tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
         tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
+        tcp-lab demo abort-rst --wire             # the packets themselves (root or CAP_NET_RAW)\n  \
         tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
     Demo(DemoArgs),
     /// List the lessons, or print one (by number or name).
@@ -198,6 +199,8 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub parent_keeps_fd: bool,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -247,6 +250,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "NAME", value_parser = client_name)]
     pub name: Option<String>,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -264,7 +269,30 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--wire` and `--pcap`: the packets themselves, captured on `lo` (root or CAP_NET_RAW).
+#[derive(Debug, Clone, Default, Args)]
+pub struct WireArgs {
+    /// Capture the run's packets on lo and show each one (flags, seq/ack, length, direction)
+    /// between the calls, on the same clock. Needs root or CAP_NET_RAW; without, one line
+    /// says so and the run goes on without packets.
+    #[arg(long)]
+    pub wire: bool,
+    /// Also write the captured packets to FILE (pcap, for Wireshark or `tcpdump -r`).
+    /// Implies --wire.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+}
+
+impl WireArgs {
+    /// Whether a capture was asked for.
+    pub fn wanted(&self) -> bool {
+        self.wire || self.pcap.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,8 +15,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -33,6 +33,8 @@ const READ_BUF: usize = 64 * 1024;
 pub fn run(args: &ClientArgs) -> Result<()> {
     let out = Output::new(Role::Client, None, &args.output).named(args.name.clone());
     let addr = args.addr.resolve()?;
+    // --wire: this connection's packets as `packet` events, from before the SYN.
+    let _wire = crate::wire::print_for_peer(&args.wire, addr, &args.output, out.epoch_ns())?;
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
     let mut client = Client::connect(addr, Arc::new(out), connect_timeout)?;
     client.wait = Duration::from_secs_f64(args.wait);
@@ -78,6 +80,21 @@ struct Client {
     buf: Vec<u8>,
     /// `--wait`: how long to wait for an echo or for the server's FIN.
     wait: Duration,
+    /// The socket's descriptor, lent to the Ctrl-C handler while it is open (see
+    /// [`close_on_ctrl_c`]). A copy (dup) would keep the connection open after our close():
+    /// the FIN would leave only when the process exits, later than the event says.
+    open_fd: OpenFd,
+}
+
+/// The socket's descriptor number while it is open, `None` once closed. Whoever holds the
+/// lock may use the number: close() and abort() clear it and close the socket under the lock,
+/// so the handler never touches a closed (or reused) descriptor.
+type OpenFd = Arc<Mutex<Option<RawFd>>>;
+
+fn lock(open_fd: &OpenFd) -> MutexGuard<'_, Option<RawFd>> {
+    open_fd
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Client {
@@ -114,6 +131,7 @@ that does not accept)? try a longer --connect-timeout",
         let client = Client {
             local: stream.local_addr().ok(),
             peer: stream.peer_addr().ok(),
+            open_fd: Arc::new(Mutex::new(Some(stream.as_raw_fd()))),
             stream,
             out,
             sent: 0,
@@ -259,6 +277,9 @@ that does not accept)? try a longer --connect-timeout",
             (false, false) => note::CLOSE_FIRST,
         };
         let event = Event::new(Kind::Close).addrs(self.local, self.peer);
+        let open_fd = Arc::clone(&self.open_fd);
+        let mut open = lock(&open_fd); // a Ctrl-C now waits until the close is reported
+        *open = None;
         drop(self.stream); // the FIN goes out here
         self.out.emit(event.note(why));
     }
@@ -271,6 +292,9 @@ that does not accept)? try a longer --connect-timeout",
         let event = Event::new(Kind::Abort)
             .addrs(self.local, self.peer)
             .note(note::ABORT);
+        let open_fd = Arc::clone(&self.open_fd);
+        let mut open = lock(&open_fd); // a Ctrl-C now waits until the abort is reported
+        *open = None;
         drop(self.stream); // the RST goes out here
         self.out.emit(event);
         Ok(())
@@ -294,45 +318,56 @@ fn secs(duration: Duration) -> String {
 
 /// Ctrl-C (or SIGTERM) ends the client at once, wherever it is blocked (on stdin, in a read,
 /// in a pause): the handler reports the close the kernel is about to do for us, then exits.
-/// Its own copy of the socket (a dup) lets it read the state and what is left unread.
+/// It borrows the socket's descriptor (never a copy of it) to read the state and what is left
+/// unread; if the socket is already closed, that close was reported and there is nothing to add.
 fn close_on_ctrl_c(client: &Client) -> Result<()> {
-    let copy = client
-        .stream
-        .try_clone()
-        .context("cannot duplicate the socket")?;
+    let open_fd = Arc::clone(&client.open_fd);
     let out = Arc::clone(&client.out);
     let (local, peer) = (client.local, client.peer);
     ctrlc::set_handler(move || {
-        let state = tcp_state::of(&copy);
-        // What the kernel will do when our descriptors close at exit: data left unread
-        // makes it an RST; a FIN already sent (shutdown) leaves nothing to send.
-        let why = if unread_bytes(&copy) > 0 {
-            note::CLOSE_CTRL_C_UNREAD
-        } else if matches!(
-            state,
-            Some("FIN_WAIT1" | "FIN_WAIT2" | "CLOSING" | "TIME_WAIT")
-        ) {
-            note::CLOSE_CTRL_C_AFTER_FIN
-        } else {
-            note::CLOSE_CTRL_C
-        };
-        let event = Event::new(Kind::Close)
-            .addrs(local, peer)
-            .state(state)
-            .detail("Ctrl-C")
-            .note(why);
-        out.emit(event);
+        let open = lock(&open_fd);
+        if let Some(fd) = *open {
+            // SAFETY: the descriptor stays open while we hold the lock (close() and abort()
+            // clear it under the lock before closing), and we exit still holding it.
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+            out.emit(ctrl_c_close(&socket, local, peer));
+        }
         out.flush();
         std::process::exit(0); // the kernel closes every descriptor: the FIN (or RST) goes out
     })
     .context("cannot install the Ctrl-C handler")
 }
 
+/// The close the kernel is about to do for an interrupted client: data left unread makes it
+/// an RST; a FIN already sent (shutdown) leaves nothing to send.
+fn ctrl_c_close(
+    socket: &BorrowedFd<'_>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+) -> Event {
+    let state = tcp_state::of(socket);
+    let why = if unread_bytes(socket) > 0 {
+        note::CLOSE_CTRL_C_UNREAD
+    } else if matches!(
+        state,
+        Some("FIN_WAIT1" | "FIN_WAIT2" | "CLOSING" | "TIME_WAIT")
+    ) {
+        note::CLOSE_CTRL_C_AFTER_FIN
+    } else {
+        note::CLOSE_CTRL_C
+    };
+    Event::new(Kind::Close)
+        .addrs(local, peer)
+        .state(state)
+        .detail("Ctrl-C")
+        .note(why)
+}
+
 /// How many received bytes wait unread in the socket's receive buffer (FIONREAD).
-fn unread_bytes(stream: &TcpStream) -> usize {
+fn unread_bytes(socket: &impl AsRawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int into `n`; the descriptor is open for the call.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
     if rc == 0 {
         n.max(0) as usize
     } else {

@@ -80,6 +80,8 @@ pub enum Kind {
     Nick,
     /// Chat: one line relayed to the other members of a room (or to one, `/msg`).
     Relay,
+    /// A TCP segment seen on the wire (`--wire`), not a call.
+    Packet,
 }
 
 impl Kind {
@@ -109,6 +111,7 @@ impl Kind {
             Kind::Leave => "leave",
             Kind::Nick => "nick",
             Kind::Relay => "relay",
+            Kind::Packet => "packet",
         }
     }
 
@@ -133,6 +136,7 @@ impl Kind {
             Kind::Summary => label.bold(),
             Kind::Join | Kind::Nick => label.green(),
             Kind::Leave => label.yellow(),
+            Kind::Packet => label.blue(),
         }
     }
 }
@@ -180,6 +184,27 @@ pub struct Event {
     pub to: Option<u64>,
     /// What happened on the wire and in the kernel, and why.
     pub note: Cow<'static, str>,
+    /// A `packet` event's segment (`--wire`).
+    pub packet: Option<PacketFacts>,
+    /// When the kernel saw it (nanoseconds since the Unix epoch): a packet is stamped with
+    /// the capture's time, not the time it is printed.
+    pub at_ns: Option<u128>,
+}
+
+/// What a `packet` event says about its segment (JSON: `flags`, `seq`, `ack`, `len`,
+/// `from`, `to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketFacts {
+    /// `SYN`, `SYN,ACK`, `PSH,ACK`, `FIN,ACK`, `RST`, …
+    pub flags: String,
+    /// Counted from the sender's first sequence number (its SYN is 0).
+    pub seq: u32,
+    /// Counted from the receiver's first; absent when the ACK flag is not set.
+    pub ack: Option<u32>,
+    /// Payload bytes.
+    pub len: usize,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
 }
 
 impl Event {
@@ -204,6 +229,8 @@ impl Event {
             from: None,
             to: None,
             note: Cow::Borrowed(""),
+            packet: None,
+            at_ns: None,
         }
     }
 
@@ -362,6 +389,16 @@ impl Event {
                 .collect();
             obj.insert("stats".into(), stats.into());
         }
+        if let Some(p) = &e.packet {
+            obj.insert("flags".into(), p.flags.clone().into());
+            obj.insert("seq".into(), p.seq.into());
+            if let Some(ack) = p.ack {
+                obj.insert("ack".into(), ack.into());
+            }
+            obj.insert("len".into(), p.len.into());
+            obj.insert("from".into(), p.from.to_string().into());
+            obj.insert("to".into(), p.to.to_string().into());
+        }
         if explain && !e.note.is_empty() {
             obj.insert("note".into(), e.note.as_ref().into());
         }
@@ -377,6 +414,8 @@ pub const EPOCH_ENV: &str = "TCP_LAB_EPOCH_NS";
 pub enum Role {
     Server,
     Client,
+    /// The packet capture (`--wire`): what crossed the wire, not a call.
+    Wire,
 }
 
 impl Role {
@@ -384,6 +423,7 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Client => "client",
+            Role::Wire => "wire",
         }
     }
 }
@@ -445,6 +485,8 @@ struct Queue {
     dropped: u64,
     /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
     failed: bool,
+    /// A wait for the queue to be written ran out: nobody waits again until a batch is out.
+    stuck: bool,
 }
 
 /// The most event text a server holds for a slow stdout: memory stays bounded.
@@ -514,6 +556,7 @@ impl Shedding {
             let mut queue = self.lock();
             queue.writing = false;
             queue.in_flight = 0;
+            queue.stuck = false;
             if written.is_err() {
                 queue.failed = true;
                 queue.dropped += events;
@@ -522,9 +565,10 @@ impl Shedding {
         }
     }
 
-    /// Wait up to `limit` for the queue to be written out; the events still unwritten
-    /// then, plus those dropped before, are lost.
-    fn finish(&self, limit: Duration) -> (u64, bool) {
+    /// Wait up to `limit` for the queue to be written out. Returns the lock, and whether
+    /// it was. A wait that ran out marks stdout as stuck; the writer clears the mark when
+    /// it gets a batch out.
+    fn wait_written(&self, limit: Duration) -> (std::sync::MutexGuard<'_, Queue>, bool) {
         let deadline = Instant::now() + limit;
         let mut queue = self.lock();
         queue.ready = true;
@@ -532,7 +576,8 @@ impl Shedding {
         while queue.writing || !queue.bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                queue.stuck = true;
+                return (queue, false);
             }
             queue = self
                 .drained
@@ -540,6 +585,13 @@ impl Shedding {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        (queue, true)
+    }
+
+    /// Before exiting: what was dropped, plus what is still unwritten after `limit`; and
+    /// whether stdout failed (closed) rather than being slow.
+    fn finish(&self, limit: Duration) -> (u64, bool) {
+        let (queue, _) = self.wait_written(limit);
         (queue.dropped + queue.events + queue.in_flight, queue.failed)
     }
 }
@@ -602,20 +654,22 @@ impl Output {
         }
     }
 
-    /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
-    /// nobody reads, and say on stderr how many events were lost.
-    /// Wait up to `limit` until every event emitted so far is written to stdout (shedding:
-    /// until the writer thread has caught up). For an order another process must see: the
-    /// process model's parent lets a child run only once its `spawn` line is out.
-    pub fn written_within(&self, limit: Duration) {
+    /// Write out what is queued and wait until it is, at most `limit`: for an order between
+    /// processes that share our stdout (the process model prints a child's `spawn` before
+    /// the child prints anything). While stdout stays stuck, it does not wait again.
+    pub fn flush_and_wait(&self, limit: Duration) {
         match &self.sink {
             Sink::Direct(_) => self.flush(),
             Sink::Shedding(shedding) => {
-                let _ = shedding.finish(limit);
+                if !shedding.lock().stuck {
+                    let _written = shedding.wait_written(limit);
+                }
             }
         }
     }
 
+    /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
+    /// nobody reads, and say on stderr how many events were lost.
     pub fn finish(&self, limit: Duration) {
         let (lost, failed) = match &self.sink {
             Sink::Direct(_) => return self.flush(),
@@ -696,8 +750,16 @@ most {} KiB of events wait for it)\n",
         }
     }
 
+    /// Seconds since the start: now, or when the kernel saw a packet.
+    fn seconds(&self, e: &Event) -> f64 {
+        match e.at_ns {
+            Some(at_ns) => at_ns.saturating_sub(self.epoch_ns()) as f64 / 1e9,
+            None => self.start.elapsed().as_secs_f64(),
+        }
+    }
+
     fn json_line(&self, e: &Event) -> String {
-        let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let ts = (self.seconds(e) * 1e6).round() / 1e6;
         let mut json = e.to_json(ts, self.role, self.mode, self.explain);
         if let (Some(name), Value::Object(obj)) = (&self.name, &mut json) {
             obj.shift_insert(2, "name".into(), name.as_str().into()); // after ts and role
@@ -710,7 +772,7 @@ most {} KiB of events wait for it)\n",
     /// `  0.532 server #1  recv        6 bytes "hello\n"            ESTABLISHED`
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
-        let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let ts = format!("{:8.3}", self.seconds(e));
         let who = self.name.as_deref().unwrap_or(self.role.name());
         let who = match e.conn {
             Some(id) => format!("{who} #{id}"),
@@ -817,6 +879,13 @@ fn text_facts(e: &Event) -> Vec<String> {
             facts.extend(e.local.map(|l| format!("(from {l})")));
         }
         _ => {}
+    }
+    if let Some(p) = &e.packet {
+        facts.push(format!("{} → {}", p.from, p.to));
+        facts.push(p.flags.clone());
+        facts.push(format!("seq={}", p.seq));
+        facts.extend(p.ack.map(|ack| format!("ack={ack}")));
+        facts.push(format!("len={}", p.len));
     }
     if let Some(bytes) = e.bytes {
         facts.push(format!("{bytes} bytes"));
@@ -1098,6 +1167,39 @@ mod tests {
             assert!(continuation.starts_with(&" ".repeat(FACTS_INDENT)));
         }
         assert!(text.contains("resets=123456"));
+    }
+
+    #[test]
+    fn a_packet_is_stamped_with_the_kernels_time_on_the_events_clock() {
+        let args = OutputArgs {
+            format: Format::Json,
+            color: ColorChoice::Never,
+            no_explain: false,
+        };
+        let out = Output::new(Role::Wire, None, &args);
+        let mut packet = Event::new(Kind::Packet);
+        packet.at_ns = Some(out.epoch_ns() + 1_500_000_000);
+        packet.packet = Some(PacketFacts {
+            flags: "FIN,ACK".into(),
+            seq: 7,
+            ack: Some(8),
+            len: 0,
+            from: "127.0.0.1:7788".parse().unwrap(),
+            to: "127.0.0.1:40000".parse().unwrap(),
+        });
+        let line: Value = serde_json::from_str(&out.json_line(&packet)).unwrap();
+        // Two reads of two clocks (realtime, monotonic) apart: equal within a microsecond or so.
+        let ts = line["ts"].as_f64().unwrap();
+        assert!((ts - 1.5).abs() < 1e-3, "{ts}");
+        assert_eq!(line["role"], "wire");
+        assert_eq!(line["kind"], "packet");
+        assert_eq!(line["flags"], "FIN,ACK");
+        assert_eq!(
+            (line["seq"].as_u64(), line["ack"].as_u64()),
+            (Some(7), Some(8))
+        );
+        assert_eq!(line["from"], "127.0.0.1:7788");
+        assert_eq!(line["to"], "127.0.0.1:40000");
     }
 
     #[test]

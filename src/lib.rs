@@ -24,6 +24,7 @@
 //! | [`demo`] | one phenomenon on purpose: real processes, one ladder diagram, checked | all |
 //! | [`cli`] | the command line | 00 |
 //! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
+//! | [`wire`] | `--wire`: the packets on `lo`, captured and put on the calls' timeline | 00, 06, 07 |
 //!
 //! [`server`] holds what every mode shares: options, bind/listen, Ctrl-C and the summary.
 
@@ -46,6 +47,7 @@ pub mod note;
 pub mod outcome;
 pub mod server;
 pub mod tcp_state;
+pub mod wire;
 
 use anyhow::Result;
 

@@ -376,7 +376,7 @@ fn nonblocking_spin(lab: &mut Lab) -> Result<String> {
 }
 
 /// How many clients poll-many opens at once.
-const MANY: usize = 1000;
+pub(super) const MANY: usize = 1000;
 
 fn poll_many(lab: &mut Lab) -> Result<String> {
     raise_fd_limit((MANY * 2 + 100) as libc::rlim_t)?;
@@ -819,7 +819,7 @@ fn half_close(lab: &mut Lab) -> Result<String> {
 // ---------------------------------------------------------------- what a stream is
 
 /// The size of byte-stream's one large write.
-const LARGE: usize = 200_000;
+pub(super) const LARGE: usize = 200_000;
 
 fn byte_stream(lab: &mut Lab) -> Result<String> {
     let listener = raw_listener(lab, 128)?;
@@ -929,6 +929,11 @@ fn backlog_full(lab: &mut Lab) -> Result<String> {
             lab.emit(Role::Client, event.note(note::CONNECT_QUEUED));
         }
     }
+    // With --wire: the dropped SYNs are sent again after 1 s; keep the sockets until then.
+    lab.wait_wire(
+        "a dropped SYN sent again",
+        super::wire_check::syn_sent_again,
+    )?;
     ensure!(
         queued >= 1 && pending >= 1,
         "with a backlog of 1, {queued} connects completed and {pending} waited; expected both kinds"

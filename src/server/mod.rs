@@ -478,6 +478,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
+    let local = listener.local_addr().unwrap_or(addr);
+    let _wire =
+        crate::wire::print_for_listener(&args.wire, local, &args.output, server.out.epoch_ns())?;
     server.out.emit(
         Event::new(Kind::Listen)
             .addrs(listener.local_addr().ok(), None)
@@ -606,7 +610,32 @@ fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
         }
         server.stop.request();
     })
-    .context("cannot install the Ctrl-C handler")
+    .context("cannot install the Ctrl-C handler")?;
+    // A process-model child starts with these signals blocked (see block_stop_signals):
+    // one sent before the handler existed waits, and is delivered to the handler now.
+    set_stop_signals(libc::SIG_UNBLOCK).context("cannot unblock SIGINT and SIGTERM")
+}
+
+/// Block SIGINT and SIGTERM in a process-model child from before it is exec'd until its
+/// handler is installed: otherwise a stop in that moment kills it outright, without the
+/// close and the event its connection is owed. Async-signal-safe (it runs in pre_exec).
+pub(crate) fn block_stop_signals() -> io::Result<()> {
+    set_stop_signals(libc::SIG_BLOCK)
+}
+
+fn set_stop_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigemptyset, sigaddset and sigprocmask only touch the set we pass and this
+    // thread's signal mask; all three are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(how, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Connections the kernel finished but nobody accepted yet would get an RST when the

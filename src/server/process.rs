@@ -38,12 +38,12 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
+/// How long the parent waits for its `spawn` event to reach stdout before letting the child
+/// start (a stdout nobody reads must not hold up every connection).
+const SPAWN_EVENT_WAIT: Duration = Duration::from_millis(200);
+
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
-
-/// How long the parent waits for its `spawn` line to reach stdout before letting the child
-/// run: long enough for any terminal or pipe that is read, short enough not to stall serving.
-const SPAWN_LINE_WAIT: Duration = Duration::from_millis(200);
 
 /// A running child and the connection it serves.
 struct Worker {
@@ -105,14 +105,12 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
     // For this one socket we want the opposite: clear FD_CLOEXEC in the child, between
     // fork and exec, so the new program finds the socket at the same number.
     let parent = std::process::id();
-    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
-    // must be.
+    // SAFETY: fcntl, sigprocmask, prctl and getppid are async-signal-safe, as code between
+    // fork and exec must be.
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
-            // A stop that comes before the child can obey it must wait, not kill it
-            // mid-start (its connection would end with no event); it unblocks them itself.
-            stop_signals(libc::SIG_BLOCK)?;
+            super::block_stop_signals()?; // until the child's own handler is installed
             die_with_parent(parent)
         });
     }
@@ -125,25 +123,10 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
-    // Written, not only queued (a stdout nobody reads costs at most SPAWN_LINE_WAIT).
-    server.out.written_within(SPAWN_LINE_WAIT);
+    // Written out before the go-ahead (unless stdout is stuck: then events are shed anyway).
+    server.out.flush_and_wait(SPAWN_EVENT_WAIT);
     drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
-}
-
-/// Block or unblock SIGINT and SIGTERM for this process (the mask survives exec).
-fn stop_signals(how: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: sigemptyset/sigaddset fill a set we own; sigprocmask is async-signal-safe.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::sigprocmask(how, &set, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn clear_close_on_exec(fd: RawFd) -> std::io::Result<()> {
@@ -270,8 +253,6 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // The parent announces the stop; the child just obeys it (SIGTERM from the parent, or
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
-    // Blocked since the fork (a stop in between is pending, delivered now, and obeyed).
-    stop_signals(libc::SIG_UNBLOCK)?;
     // After the handler: a stop that comes while we wait is then obeyed, not fatal.
     wait_for_the_parents_spawn_event();
     let conn = Connection::new(args.conn, stream);
