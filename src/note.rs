@@ -236,6 +236,25 @@ into it, `second` only after the FIN). A blocking client only notices on its nex
 into that closed connection still succeeded (into our kernel); the server's kernel answered it \
 with an RST, so the next write fails EPIPE";
 
+pub const CLOSE_LISTENER: &str = "close() of the listening socket (--close-listener-after): the \
+connections already accepted are sockets of their own and go on being served; the port has no \
+listener now, so a new client's SYN is answered by an RST (ECONNREFUSED), and a connection still \
+queued, never accepted, is reset";
+
+pub const CLOSE_LISTENER_EXIT: &str = "--exit-after: no later connection will be served, so we \
+close the listening socket now instead of at exit. A client that connects from now on is refused \
+at once (its SYN answered by an RST: ECONNREFUSED) instead of waiting in the backlog to be reset \
+(ECONNRESET) when we exit; the connections already accepted go on";
+
+pub const CLOSE_SHARED_THREAD: &str = "close() in the main thread, as a process-model parent \
+closes its copy. But threads share one descriptor table: there is no other copy, so this closes \
+the handler's socket too, and the kernel sends the FIN";
+
+pub const EBADF_SHARED_THREAD: &str = "recv() in the handler thread failed EBADF: the number it \
+was given names nothing any more, because another thread closed it. Worse, a later accept() may \
+reuse that number, and the handler would read a stranger's connection: threads must not close \
+what they share";
+
 pub const CHAT_JOIN: &str = "a member entered a room: the others there were told `* NICK joined`";
 
 pub const CHAT_LEAVE: &str = "a member left a room: the others there were told, with the reason";

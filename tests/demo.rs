@@ -11,15 +11,17 @@ use common::*;
 use serde_json::Value;
 
 /// Every scenario, as `--list` must show it.
-const SCENARIOS: [&str; 20] = [
+const SCENARIOS: [&str; 22] = [
     "blocking-backlog",
     "backlog-full",
     "process-per-client",
     "parent-keeps-fd",
     "thread-per-client",
+    "thread-closes-shared",
     "nonblocking-spin",
     "poll-many",
     "orderly-close",
+    "close-listener",
     "time-wait-bind",
     "idle-timeout",
     "crash-fin",
@@ -276,6 +278,45 @@ fn spawn_comes_before_the_handlers_first_event(mode: &str) {
 }
 
 in_modes!([threaded, process] spawn_comes_before_the_handlers_first_event);
+
+#[test]
+fn thread_closes_shared_ends_the_connection_for_every_thread() {
+    let mut demo = demo("thread-closes-shared");
+    server(&mut demo, "spawn");
+    let close = server(&mut demo, "close");
+    assert!(close["note"]
+        .as_str()
+        .unwrap()
+        .contains("share one descriptor table"));
+    before(&demo, ("server", "close"), ("client", "eof"));
+    client(&mut demo, "eof");
+    client(&mut demo, "close");
+    // The handler's failure, drawn before or after the client's EOF: they are independent.
+    let ebadf = demo.seen.iter().find(|e| e["kind"] == "error").unwrap();
+    assert_eq!(ebadf["errno"], "EBADF", "{ebadf}");
+    assert_eq!(ebadf["conn"], 1);
+    assert!(
+        ts(ebadf) >= ts(&close),
+        "the close came first in the demo's own thread"
+    );
+    // Nothing was left unread: the close was a FIN, never an RST.
+    assert!(!demo.seen.iter().any(|e| e["kind"] == "reset"));
+}
+
+#[test]
+fn close_listener_serves_the_old_client_and_refuses_the_new() {
+    let mut demo = demo("close-listener");
+    let accept = server(&mut demo, "accept");
+    let closed = demo.expect_where("close", |e| e["role"] == "server" && e["conn"].is_null());
+    assert!(ts(&closed) >= ts(&accept));
+    assert!(closed["note"].as_str().unwrap().contains("RST"));
+    let refused = client(&mut demo, "refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    let echo = demo.expect_where("recv", |e| e["role"] == "client" && e["data"] == "two\\n");
+    assert!(ts(&echo) > ts(&refused));
+    let summary = server(&mut demo, "summary");
+    assert_eq!(summary["stats"]["connections"], 1);
+}
 
 #[test]
 fn nonblocking_spin_counts_the_wasted_tries() {

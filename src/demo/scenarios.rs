@@ -52,6 +52,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: thread_per_client,
     },
     Scenario {
+        name: "thread-closes-shared",
+        about: "a thread closes the socket it shares: gone for every thread",
+        run: thread_closes_shared,
+    },
+    Scenario {
         name: "nonblocking-spin",
         about: "one thread tries every socket: WouldBlock, a core burned",
         run: nonblocking_spin,
@@ -65,6 +70,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "orderly-close",
         about: "FIN both ways: EOF, CLOSE_WAIT, TIME_WAIT on the closer",
         run: orderly_close,
+    },
+    Scenario {
+        name: "close-listener",
+        about: "the listener closed while serving: old clients go on, new refused",
+        run: close_listener,
     },
     Scenario {
         name: "time-wait-bind",
@@ -226,6 +236,110 @@ fn parent_keeps_fd(lab: &mut Lab) -> Result<String> {
         "the child exited at {:.3} s, but the client saw the FIN only at {:.3} s, when the parent closed its copy",
         ts(&exit),
         ts(&eof)
+    ))
+}
+
+/// Seed 000: "threads must not close, fork must". The process model's parent closes its
+/// copy; a thread that does the same closes the one descriptor every thread shares. The demo
+/// is the server here, with real threads: the main thread accepts, hands the socket to a
+/// handler thread, then closes it as a process-model parent would.
+fn thread_closes_shared(lab: &mut Lab) -> Result<String> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::sync::mpsc;
+
+    let listener = raw_listener(lab, 128)?;
+    let port = listener.local_addr()?.port();
+    // Interactive (stdin kept open by the demo): it watches the socket, so a FIN shows at once.
+    let client = lab.client(port, &[])?;
+    let conn = raw_accept(lab, &listener)?;
+    lab.wait("the client's connect", |e| is(e, CLIENT, "connect"))?;
+    let fd = conn.stream.as_raw_fd();
+
+    // The handler thread gets the descriptor's number, as a thread in C or Python would.
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    let handler = std::thread::spawn(move || {
+        let _ = wait_for_go.recv();
+        // MSG_DONTWAIT: whatever the number now names, this call cannot block.
+        let mut buf = [0u8; 64];
+        // SAFETY: recv() only writes into `buf`; a closed descriptor is an error, not UB.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        (n, std::io::Error::last_os_error())
+    });
+    let spawn = conn
+        .event(Kind::Spawn)
+        .detail("thread handler")
+        .note(note::SPAWN_THREAD);
+    lab.emit(Role::Server, spawn);
+
+    // The mistake: the main thread closes "its copy", but there is only one.
+    let close = conn.event_closed(Kind::Close).detail("in the main thread");
+    let Connection {
+        stream,
+        local,
+        peer,
+        ..
+    } = conn;
+    // SAFETY: we own the descriptor; close() it, as the process model's parent does.
+    unsafe { libc::close(stream.into_raw_fd()) };
+    lab.emit(Role::Server, close.note(note::CLOSE_SHARED_THREAD));
+    let _ = go.send(());
+    let (n, error) = handler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the handler thread panicked"))?;
+    ensure!(
+        n < 0 && error.raw_os_error() == Some(libc::EBADF),
+        "the handler's recv() returned {n} ({error}), not EBADF"
+    );
+    let failed = Event::new(Kind::Error)
+        .conn(1)
+        .addrs(local, peer)
+        .errno(Some("EBADF"))
+        .detail("recv() in the handler thread")
+        .note(note::EBADF_SHARED_THREAD);
+    lab.emit(Role::Server, failed);
+
+    let eof = lab.wait("the client to read the FIN", |e| is(e, CLIENT, "eof"))?;
+    lab.expect_exit_code(client, 0)?;
+    Ok(format!(
+        "the main thread's close() sent the FIN (the client read EOF at {:.3} s) and took the handler's socket with it: its recv() failed EBADF",
+        ts(&eof)
+    ))
+}
+
+// ---------------------------------------------------------------- the listening socket
+
+/// Seed 003 closes its listening socket while its clients are still served.
+fn close_listener(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&["--mode", "threaded", "--close-listener-after", "1"])?;
+    let first = lab.client(
+        port,
+        &["--send", "one", "--send", "two", "--interval", "500"],
+    )?;
+    let closed = lab.wait("the server to close its listening socket", |e| {
+        is(e, SERVER, "close") && conn(e).is_none()
+    })?;
+    lab.wait("the first echo", |e| is(e, CLIENT, "recv"))?;
+    let second = lab.client(port, &["--send", "hi"])?;
+    let refused = lab.wait("the second client to be refused", |e| {
+        is(e, CLIENT, "refused")
+    })?;
+    lab.expect_exit_code(second, 1)?;
+    let echo = lab.wait("the first client's second echo", |e| {
+        is(e, CLIENT, "recv") && e["data"] == "two\\n"
+    })?;
+    lab.expect_exit_code(first, 0)?;
+    ensure!(
+        ts(&refused) > ts(&closed) && ts(&echo) > ts(&refused),
+        "listener closed at {:.3} s, refusal at {:.3} s, echo at {:.3} s: not in that order",
+        ts(&closed),
+        ts(&refused),
+        ts(&echo)
+    );
+    Ok(format!(
+        "the listening socket closed at {:.3} s: a new client was refused (SYN answered by RST) at {:.3} s, and the client already accepted was still echoed at {:.3} s",
+        ts(&closed),
+        ts(&refused),
+        ts(&echo)
     ))
 }
 

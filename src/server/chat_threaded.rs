@@ -103,6 +103,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) -> Result<()> {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         let id = conn.id;
         let spawned = conn
             .event(Kind::Spawn)
