@@ -38,6 +38,10 @@ pub const EOF: &str =
     "read() returned 0: the peer's FIN. It will send nothing more; our socket is \
 CLOSE_WAIT until we close too";
 
+pub const EOF_AFTER_RESET: &str = "read() returned 0, but the socket is CLOSE: the peer's RST \
+came, and another call on this socket (the member's writer thread) already got its ECONNRESET, \
+which the kernel reports once. Every later read returns 0";
+
 pub const EOF_NAIVE: &str = "read() returned 0: the server's FIN, which may have arrived long ago, \
 while we were blocked reading stdin: a blocking client only notices on its next read. A write into \
 that closed connection still succeeded (into our kernel); the server's kernel answered it with an RST, \
