@@ -40,8 +40,8 @@ pub use report::Row;
 const WARMUP_MAX: Duration = Duration::from_secs(10);
 
 /// The shortest warm-up, and how long without a newly served connection ends it.
-const WARMUP_MIN: Duration = Duration::from_millis(200);
-const WARMUP_QUIET: Duration = Duration::from_millis(500);
+const WARMUP_MIN: Duration = Duration::from_millis(100);
+const WARMUP_QUIET: Duration = Duration::from_millis(300);
 
 /// How long all the connections of a run get to finish their handshakes.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
