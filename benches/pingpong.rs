@@ -20,7 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tcp_lab::bench::load::Load;
+use tcp_lab::bench::load::{Close, Load};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 /// Bytes per message.
@@ -152,7 +152,7 @@ fn measure(server: &mut Server, conns: usize) -> Run {
         server_cpu: (cpu_seconds(server.child.id()) - cpu_before) / secs,
         load_cpu: (thread_cpu_seconds() - load_before) / secs,
     };
-    load.close();
+    load.close(Close::Abort); // no TIME_WAIT left between runs
     run
 }
 
@@ -224,7 +224,7 @@ fn c10k(conns: usize) {
         hwm as f64 / 1024.0
     );
     assert_eq!(echoed, conns, "every connection must be served");
-    load.close();
+    load.close(Close::Abort); // no TIME_WAIT left between runs
     let summary = poll.stop();
     println!("  summary: {summary}");
 }

@@ -76,6 +76,8 @@ struct Net {
     pub latency: Histogram<u64>,
     /// Whether latencies are being recorded (only in the measured window).
     recording: bool,
+    /// Whether a completed echo is answered with the next message (false while draining).
+    sending: bool,
 }
 
 impl Load {
@@ -97,6 +99,7 @@ impl Load {
             // 1 µs to 10 minutes, three significant digits: a fixed, preallocated table.
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).map_err(io::Error::other)?,
             recording: false,
+            sending: true,
         };
         for i in 0..idle + active {
             let stream = start_connect(addr)?;
@@ -218,17 +221,38 @@ impl Load {
         conns.iter().filter(|c| c.state == State::Failed).count()
     }
 
-    /// Close every connection with an RST (SO_LINGER 0): a run leaves no TIME_WAIT behind to
-    /// crowd the next one, and the server sees each connection end at once.
-    pub fn close(mut self) {
+    /// Send no new message, and wait (until `deadline` at most) for the echoes still on
+    /// their way on every connection that has been served, so that closing finds nothing
+    /// unread: the close is then a FIN, not an RST (close() with unread data sends an RST).
+    pub fn drain(&mut self, deadline: Instant) -> io::Result<()> {
+        self.net.sending = false;
+        while self.net.in_flight() > 0 && Instant::now() < deadline {
+            self.run_until(Instant::now() + Duration::from_millis(10), &|| false)?;
+        }
+        Ok(())
+    }
+
+    /// Close every connection: `Close::Orderly` after [`Load::drain`], so each server reads
+    /// EOF as from any client; `Close::Abort` (SO_LINGER 0: an RST) leaves no TIME_WAIT on
+    /// our side, for benchmarks that open hundreds of thousands of connections.
+    pub fn close(mut self, how: Close) {
         let net = &mut self.net;
         for conn in net.conns.drain(..) {
-            if conn.state != State::Failed {
-                let _ = net.poller.delete(&conn.stream);
+            let _ = net.poller.delete(&conn.stream);
+            if how == Close::Abort {
                 abort(&conn.stream);
             }
-        }
+        } // dropped: close()
     }
+}
+
+/// How [`Load::close`] ends the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// close(): a FIN.
+    Orderly,
+    /// SO_LINGER 0, then close(): an RST.
+    Abort,
 }
 
 impl Drop for Load {
@@ -256,8 +280,17 @@ impl Net {
         Ok(())
     }
 
+    /// Served connections with a message still in flight.
+    fn in_flight(&self) -> usize {
+        let waiting = |c: &&Conn| c.state == State::Open && c.echoes > 0 && c.sent > 0;
+        self.conns.iter().filter(waiting).count()
+    }
+
     /// Put a first message in flight on every open active connection that has none.
     fn start_messages(&mut self) {
+        if !self.sending {
+            return;
+        }
         for key in 0..self.conns.len() {
             let conn = &self.conns[key];
             if conn.active && conn.state == State::Open && conn.sent == 0 {
@@ -336,7 +369,12 @@ impl Net {
             let micros = conn.since.elapsed().as_micros() as u64;
             self.latency.saturating_record(micros.max(1));
         }
-        self.send_next(key);
+        if self.sending {
+            self.send_next(key);
+        } else {
+            conn.sent = 0; // nothing in flight any more
+            conn.echoed = 0;
+        }
         1
     }
 

@@ -8,7 +8,8 @@
 //!    was served for half a second (a blocking server serves one), or WARMUP_MAX passed;
 //! 3. measure for `--secs`: echoes, their latency, and the server's CPU time over the
 //!    window, its memory, threads and processes (its whole process tree);
-//! 4. close the connections (RST: no TIME_WAIT left) and stop the server.
+//! 4. let the echoes in flight come back, close the connections (a FIN each, as any client
+//!    would: a learner's own server sees plain EOFs), and stop the server.
 //!
 //! Every step is bounded in time; a server that stops answering earns no messages and is
 //! reported, a connection refused, reset or closed is counted in `errors`. The rows are
@@ -31,7 +32,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{BenchArgs, Mode};
 use crate::event::Format;
-use load::Load;
+use load::{Close, Load};
 use target::Target;
 
 pub use report::Row;
@@ -42,6 +43,9 @@ const WARMUP_MAX: Duration = Duration::from_secs(10);
 /// The shortest warm-up, and how long without a newly served connection ends it.
 const WARMUP_MIN: Duration = Duration::from_millis(100);
 const WARMUP_QUIET: Duration = Duration::from_millis(300);
+
+/// How long the echoes still in flight at the end of a run get to come back.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// How long all the connections of a run get to finish their handshakes.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -209,7 +213,8 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
     if !target.alive() {
         problems.push(format!("the {} server exited during the run", target.name));
     }
-    load.close();
+    load.drain(Instant::now() + DRAIN_WAIT)?;
+    load.close(Close::Orderly);
     Ok(row)
 }
 
