@@ -44,6 +44,7 @@ pub const LESSONS: &[Lesson] = &[
     lesson!(9, "multiplexing", "09-multiplexing.md"),
     lesson!(10, "byte-stream", "10-byte-stream.md"),
     lesson!(11, "event-loop", "11-event-loop.md"),
+    lesson!(13, "measure", "13-measure.md"),
 ];
 
 impl Lesson {
@@ -82,7 +83,7 @@ pub fn run(args: &LessonArgs) -> Result<()> {
             Some(lesson) => write_lesson(&mut stdout, lesson),
             None => bail!(
                 "there is no lesson {query:?} — `tcp-lab lesson` lists them (0 to {})",
-                LESSONS.len() - 1
+                LESSONS.last().map_or(0, |l| l.number)
             ),
         },
     };

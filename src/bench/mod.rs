@@ -95,16 +95,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     let runs = servers * plans.len();
     eprintln!(
-        "tcp-lab bench: {runs} runs of {} s ({} × {} connection counts × {} idle counts), \
-         about {} s in all; Ctrl-C stops it",
+        "tcp-lab bench: {} of {} s ({} × {} × {}), about {} s in all; Ctrl-C stops it",
+        count(runs, "run"),
         args.secs,
-        if against.is_some() {
-            "1 server".to_string()
-        } else {
-            format!("{servers} modes")
-        },
-        args.conns.len(),
-        args.idle.len(),
+        count(servers, if against.is_some() { "server" } else { "mode" }),
+        count(args.conns.len(), "connection count"),
+        count(args.idle.len(), "idle count"),
         expected_seconds(&modes, &plans, against.is_some()).round()
     );
 
@@ -237,6 +233,11 @@ fn expected_seconds(modes: &[Mode], plans: &[Plan], against: bool) -> f64 {
         total += plans.iter().map(|p| per_run(Some(mode), p)).sum::<f64>();
     }
     total
+}
+
+/// "1 run", "3 runs".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A bar on stderr when it is a terminal; nothing otherwise (a script's log stays clean).

@@ -191,8 +191,9 @@ pub fn table(rows: &[Row]) -> String {
 const LEGEND: &str = "\
 served: connections that got at least one echo. p50/p99/max: the time from a send to the
 whole echo. CPU s: the server's user + system time in the window, all its processes;
-µs CPU/msg: that divided by msgs. peak RSS: the sum of its processes' VmHWM. errors:
-connections refused, timed out, reset or closed by the server, or not echoed.
+µs CPU/msg: that divided by msgs. peak RSS: the sum of its processes' VmHWM (pages they
+share, like the program's code, count in each). errors: connections refused, timed out,
+reset or closed by the server, or not echoed.
 ";
 
 /// 1234567 → "1,234,567".
