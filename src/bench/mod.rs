@@ -220,7 +220,7 @@ fn expected_seconds(modes: &[Mode], plans: &[Plan], against: bool) -> f64 {
     let per_run = |mode: Option<Mode>, plan: &Plan| {
         let warm = match mode {
             Some(Mode::Blocking) => WARMUP_QUIET.as_secs_f64(),
-            Some(Mode::Process) => 0.3 + 0.002 * (plan.conns + plan.idle) as f64,
+            Some(Mode::Process) => 0.2 + 0.005 * (plan.conns + plan.idle) as f64,
             _ => WARMUP_MIN.as_secs_f64(),
         };
         plan.secs + warm + 0.15
