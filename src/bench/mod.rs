@@ -118,8 +118,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 |m| m.name().to_string(),
             );
             progress.set_message(format!(
-                "{name}, {} connections, {} idle",
-                plan.conns, plan.idle
+                "{name}, {}, {} idle",
+                count(plan.conns, "connection"),
+                plan.idle
             ));
             let mut target = match (mode, against) {
                 (Some(mode), _) => Target::start(mode)?,
@@ -209,7 +210,9 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
     if !target.alive() {
         problems.push(format!("the {} server exited during the run", target.name));
     }
-    load.drain(Instant::now() + DRAIN_WAIT)?;
+    if !interrupted() {
+        load.drain(Instant::now() + DRAIN_WAIT)?; // Ctrl-C does not wait for it
+    }
     load.close(Close::Orderly);
     Ok(row)
 }
