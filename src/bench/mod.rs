@@ -37,8 +37,8 @@ use target::Target;
 
 pub use report::Row;
 
-/// The longest a warm-up lasts, whatever happens (a thousand processes to start take a while).
-const WARMUP_MAX: Duration = Duration::from_secs(10);
+/// The longest a warm-up lasts, whatever happens (two thousand processes to start take a while).
+const WARMUP_MAX: Duration = Duration::from_secs(20);
 
 /// The shortest warm-up, and how long without a newly served connection ends it.
 const WARMUP_MIN: Duration = Duration::from_millis(100);
@@ -169,9 +169,15 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
         .context("the load generator failed")?;
     let stop = || interrupted();
 
-    // Warm up until everyone who will be served has been.
+    // Warm up until everyone who will be served has been. Progress is a connection served
+    // for the first time, or the server growing (a thread or process per connection still
+    // being started, perhaps for the idle ones first); none for WARMUP_QUIET ends it.
     let started = Instant::now();
-    let (mut served, mut last_new) = (0, Instant::now());
+    let progress = |load: &Load| {
+        let usage = target.usage().unwrap_or_default();
+        (load.served(), usage.threads, usage.processes)
+    };
+    let (mut seen, mut last_new) = (progress(&load), Instant::now());
     while load.waiting() > 0 && !interrupted() {
         let now = Instant::now();
         let warm = now - started;
@@ -179,8 +185,9 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
             break;
         }
         load.run_until(now + Duration::from_millis(50), &stop)?;
-        if load.served() > served {
-            served = load.served();
+        let now_seen = progress(&load);
+        if now_seen != seen {
+            seen = now_seen;
             last_new = Instant::now();
         }
     }
@@ -202,9 +209,11 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
             ""
         };
         problems.push(format!(
-            "{} with {} connections and {} idle: no echo came back in {secs:.1} s — the \
-             server answered none of them{why}",
-            target.name, plan.conns, plan.idle
+            "{} with {} and {} idle: no echo came back in {secs:.1} s — the server answered \
+             none of them{why}",
+            target.name,
+            count(plan.conns, "connection"),
+            plan.idle
         ));
     }
     if !target.alive() {
