@@ -173,10 +173,7 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
     // for the first time, or the server growing (a thread or process per connection still
     // being started, perhaps for the idle ones first); none for WARMUP_QUIET ends it.
     let started = Instant::now();
-    let progress = |load: &Load| {
-        let usage = target.usage().unwrap_or_default();
-        (load.served(), usage.threads, usage.processes)
-    };
+    let progress = |load: &Load| (load.served(), target.size());
     let (mut seen, mut last_new) = (progress(&load), Instant::now());
     while load.waiting() > 0 && !interrupted() {
         let now = Instant::now();
