@@ -166,7 +166,13 @@ fn legend(area: &DrawingArea<SVGBackend, Shift>, lines: &[Line]) -> Result<()> {
         .map_err(err)?;
         area.draw(&Circle::new((x + 16, y), 4, line.color.filled()))
             .map_err(err)?;
-        let text = Text::new(line.label.clone(), (x + 40, y - 8), (FONT, 15));
+        // A server that answered nobody has no point to draw: the legend says why.
+        let label = if line.rate.is_empty() {
+            format!("{} (none served)", line.label)
+        } else {
+            line.label.clone()
+        };
+        let text = Text::new(label, (x + 40, y - 8), (FONT, 15));
         area.draw(&text).map_err(err)?;
     }
     Ok(())
