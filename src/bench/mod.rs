@@ -66,80 +66,69 @@ struct Plan {
     secs: f64,
 }
 
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    /// One of tcp-lab's modes, started by the bench.
+    Mode(Mode),
+    /// `--against HOST:PORT`.
+    Against(SocketAddr),
+}
+
+impl Subject {
+    fn start(self) -> Result<Target> {
+        match self {
+            Subject::Mode(mode) => Target::start(mode),
+            Subject::Against(addr) => Ok(Target::against(addr)),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Subject::Mode(mode) => mode.name().to_string(),
+            Subject::Against(addr) => addr.to_string(),
+        }
+    }
+}
+
 /// `tcp-lab bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
         .context("cannot install the Ctrl-C handler")?;
     raise_open_files_limit(&args.conns, &args.idle)?;
-    let against = args.against.as_deref().map(resolve).transpose()?;
-    if let Some(addr) = against {
-        target::check_reachable(addr)?;
-    }
-    let modes: Vec<Mode> = if against.is_some() {
-        Vec::new()
-    } else {
-        args.modes.0.clone()
+    let subjects = match args.against.as_deref() {
+        Some(text) => {
+            let addr = resolve(text)?;
+            target::check_reachable(addr)?;
+            vec![Subject::Against(addr)]
+        }
+        None => args.modes.0.iter().map(|&m| Subject::Mode(m)).collect(),
     };
-    let servers = if against.is_some() { 1 } else { modes.len() };
-    let plans: Vec<Plan> = args
-        .conns
-        .iter()
-        .flat_map(|&conns| {
-            args.idle.iter().map(move |&idle| Plan {
-                conns,
-                idle,
-                size: args.size,
-                secs: args.secs,
-            })
-        })
-        .collect();
-    let runs = servers * plans.len();
-    eprintln!(
-        "tcp-lab bench: {} of {} s ({} × {} × {}), about {} s in all; Ctrl-C stops it",
-        count(runs, "run"),
-        args.secs,
-        count(servers, if against.is_some() { "server" } else { "mode" }),
-        count(args.conns.len(), "connection count"),
-        count(args.idle.len(), "idle count"),
-        expected_seconds(&modes, &plans, against.is_some()).round()
-    );
+    let plans = plans(args);
+    announce(args, &subjects, &plans);
 
-    let progress = progress_bar(runs as u64);
-    let mut rows = Vec::with_capacity(runs);
+    let progress = progress_bar((subjects.len() * plans.len()) as u64);
+    let mut rows = Vec::new();
     let mut problems = Vec::new();
-    let mut targets: Vec<Option<Mode>> = modes.iter().copied().map(Some).collect();
-    if against.is_some() {
-        targets.push(None);
-    }
-    for mode in targets {
+    'all: for &subject in &subjects {
         for &plan in &plans {
-            let name = mode.map_or_else(
-                || args.against.clone().unwrap_or_default(),
-                |m| m.name().to_string(),
-            );
             progress.set_message(format!(
-                "{name}, {}, {} idle",
+                "{}, {}, {} idle",
+                subject.name(),
                 count(plan.conns, "connection"),
                 plan.idle
             ));
-            let mut target = match (mode, against) {
-                (Some(mode), _) => Target::start(mode)?,
-                (None, Some(addr)) => Target::against(addr),
-                (None, None) => unreachable!("no mode and no --against"),
-            };
+            let mut target = subject.start()?;
             let row = measure(&mut target, plan, &mut problems)?;
             drop(target); // stopped and reaped before the next one starts
             if interrupted() {
-                break;
+                break 'all;
             }
             if args.format == Format::Json {
                 progress.suspend(|| println!("{}", row.to_json()));
             }
             rows.push(row);
             progress.inc(1);
-        }
-        if interrupted() {
-            break;
         }
     }
     progress.finish_and_clear();
@@ -159,6 +148,41 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("interrupted (Ctrl-C): the servers it started are stopped; the runs above finished");
     }
     Ok(())
+}
+
+/// One plan per connection count and idle count, in that order.
+fn plans(args: &BenchArgs) -> Vec<Plan> {
+    let mut plans = Vec::new();
+    for &conns in &args.conns {
+        for &idle in &args.idle {
+            let (size, secs) = (args.size, args.secs);
+            plans.push(Plan {
+                conns,
+                idle,
+                size,
+                secs,
+            });
+        }
+    }
+    plans
+}
+
+/// Say on stderr what is about to run and about how long it takes.
+fn announce(args: &BenchArgs, subjects: &[Subject], plans: &[Plan]) {
+    let against = matches!(subjects.first(), Some(Subject::Against(_)));
+    let seconds: f64 = subjects
+        .iter()
+        .flat_map(|&s| plans.iter().map(move |p| expected_seconds(s, p)))
+        .sum();
+    eprintln!(
+        "tcp-lab bench: {} of {} s ({} × {} × {}), about {} s in all; Ctrl-C stops it",
+        count(subjects.len() * plans.len(), "run"),
+        args.secs,
+        count(subjects.len(), if against { "server" } else { "mode" }),
+        count(args.conns.len(), "connection count"),
+        count(args.idle.len(), "idle count"),
+        seconds.round()
+    );
 }
 
 /// One run against `target`: connect, warm up, measure, close. Anything that went wrong
@@ -223,25 +247,15 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
     Ok(row)
 }
 
-/// About how long the whole bench takes: each run's window and warm-up, plus the time to
-/// start a process per connection for `process`.
-fn expected_seconds(modes: &[Mode], plans: &[Plan], against: bool) -> f64 {
-    let per_run = |mode: Option<Mode>, plan: &Plan| {
-        let warm = match mode {
-            Some(Mode::Blocking) => WARMUP_QUIET.as_secs_f64(),
-            Some(Mode::Process) => 0.2 + 0.005 * (plan.conns + plan.idle) as f64,
-            _ => WARMUP_MIN.as_secs_f64(),
-        };
-        plan.secs + warm + 0.15
+/// About how long one run takes: its window and warm-up, plus the time to start a process
+/// per connection for `process`.
+fn expected_seconds(subject: Subject, plan: &Plan) -> f64 {
+    let warm = match subject {
+        Subject::Mode(Mode::Blocking) => WARMUP_QUIET.as_secs_f64(),
+        Subject::Mode(Mode::Process) => 0.2 + 0.005 * (plan.conns + plan.idle) as f64,
+        _ => WARMUP_MIN.as_secs_f64(),
     };
-    if against {
-        return plans.iter().map(|p| per_run(None, p)).sum();
-    }
-    let mut total = 0.0;
-    for &mode in modes {
-        total += plans.iter().map(|p| per_run(Some(mode), p)).sum::<f64>();
-    }
-    total
+    plan.secs + warm + 0.15
 }
 
 /// "1 run", "3 runs".

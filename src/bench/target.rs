@@ -258,7 +258,10 @@ fn read_stat(pid: u32) -> Option<Stat> {
 /// field: nanoseconds on a CPU). None where the kernel has no schedstat.
 fn thread_cpu_seconds(pid: u32) -> Option<f64> {
     let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
         ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
     }
