@@ -19,7 +19,7 @@ use super::Row;
 const SIZE: (u32, u32) = (1280, 620);
 
 /// Legend entries per row, under the panels.
-const LEGEND_COLUMNS: usize = 6;
+const LEGEND_COLUMNS: usize = 4;
 const FONT: &str = "sans-serif";
 
 /// One line of the chart: a server with a given number of idle connections.
@@ -113,6 +113,7 @@ where
         .x_desc("connections, each with one message in flight (log scale)")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format_number(*x))
+        .y_labels(12)
         .y_label_formatter(&y_fmt)
         .label_style((FONT, 14))
         .bold_line_style(BLACK.mix(0.15))
