@@ -194,8 +194,8 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
     let stop = || interrupted();
 
     // Warm up until everyone who will be served has been. Progress is a connection served
-    // for the first time, or the server growing (a thread or process per connection still
-    // being started, perhaps for the idle ones first); none for WARMUP_QUIET ends it.
+    // for the first time, or the server growing (accepting, starting a thread or a process
+    // per connection, perhaps for the idle ones first); none for WARMUP_QUIET ends it.
     let started = Instant::now();
     let progress = |load: &Load| (load.served(), target.size());
     let (mut seen, mut last_new) = (progress(&load), Instant::now());

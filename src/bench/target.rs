@@ -144,12 +144,17 @@ impl Target {
         (usage.processes > 0).then_some(usage)
     }
 
-    /// How many processes and threads the server has now: cheaper than [`Target::usage`],
-    /// for watching it grow.
-    pub fn size(&self) -> (u64, u64) {
-        let tree = self.pid.map(process_tree).unwrap_or_default();
+    /// How big the server is now: its processes, threads, and the descriptors of its main
+    /// process (one per connection accepted). Cheaper than [`Target::usage`], for watching
+    /// it grow while it accepts.
+    pub fn size(&self) -> (u64, u64, u64) {
+        let Some(pid) = self.pid else {
+            return (0, 0, 0);
+        };
+        let tree = process_tree(pid);
         let threads = tree.iter().map(|(_, stat)| stat.threads).sum();
-        (tree.len() as u64, threads)
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        (tree.len() as u64, threads, fds as u64)
     }
 
     /// SIGTERM (tcp-lab's clean stop), then SIGKILL if it is still there after STOP_GRACE;
