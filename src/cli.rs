@@ -57,10 +57,10 @@ pub enum Command {
     /// Measure the models side by side on this machine: messages per second, latency, the
     /// server's CPU per message, memory, threads and processes.
     #[command(after_help = "Examples:\n  \
-        tcp-lab bench                                # every mode at 1, 50 and 1,000 connections\n  \
-        tcp-lab bench --modes select,poll --idle 0,1000   # the cost of idle connections\n  \
+        tcp-lab bench                                        # every mode at 1, 50, 1,000 connections\n  \
+        tcp-lab bench --modes select,poll --idle 0,1000      # the cost of idle connections\n  \
         tcp-lab bench --against 127.0.0.1:8000 --conns 1,10  # your own echo server\n  \
-        tcp-lab bench --format json --plot bench.svg      # figures for a script, and a chart")]
+        tcp-lab bench --format json --plot bench.svg         # figures for a script, and a chart")]
     Bench(BenchArgs),
     /// Print a shell completion script: `tcp-lab completions bash > ~/.tcp-lab.bash`.
     Completions(CompletionsArgs),
@@ -254,8 +254,8 @@ pub struct BenchArgs {
     /// Measure this echo server instead of tcp-lab's (your own, e.g. the seeds' Python one).
     #[arg(long, value_name = "HOST:PORT")]
     pub against: Option<String>,
-    /// Print a table for people or one JSON object per run.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Print a table for people (text) or one JSON object per run (json).
+    #[arg(long, value_enum, default_value_t = Format::Text, hide_possible_values = true)]
     pub format: Format,
     /// Also draw messages/s and CPU per message as an SVG chart.
     #[arg(long, value_name = "FILE.svg")]
