@@ -133,7 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     progress.finish_and_clear();
 
-    if args.format == Format::Text {
+    if args.format == Format::Text && !rows.is_empty() {
         print!("{}", report::table(&rows));
     }
     for problem in &problems {
