@@ -98,7 +98,7 @@ impl Row {
             "p50_us": self.p50_us,
             "p99_us": self.p99_us,
             "max_us": self.max_us,
-            "cpu_s": self.cpu_s.map(|c| round(c, 3)),
+            "cpu_s": self.cpu_s.map(|c| round(c, 6)),
             "cpu_us_per_msg": self.cpu_us_per_msg.map(|c| round(c, 2)),
             "peak_rss_kb": self.peak_rss_kb,
             "threads": self.threads,
