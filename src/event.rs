@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use colored::{ColoredString, Colorize};
@@ -72,6 +72,16 @@ pub enum Kind {
     Error,
     Stop,
     Summary,
+    /// Chat: a member entered a room.
+    Join,
+    /// Chat: a member left a room (or the chat), with the reason.
+    Leave,
+    /// Chat: a member changed its nick.
+    Nick,
+    /// Chat: one line relayed to the other members of a room (or to one, `/msg`).
+    Relay,
+    /// A TCP segment seen on the wire (`--wire`), not a call.
+    Packet,
 }
 
 impl Kind {
@@ -97,12 +107,17 @@ impl Kind {
             Kind::Error => "error",
             Kind::Stop => "stop",
             Kind::Summary => "summary",
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+            Kind::Nick => "nick",
+            Kind::Relay => "relay",
+            Kind::Packet => "packet",
         }
     }
 
     /// Per-message events, dropped by `--quiet`.
     pub fn is_data(self) -> bool {
-        matches!(self, Kind::Recv | Kind::Send)
+        matches!(self, Kind::Recv | Kind::Send | Kind::Relay)
     }
 
     /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
@@ -117,8 +132,11 @@ impl Kind {
             Kind::Refused | Kind::Abort | Kind::Reset | Kind::BrokenPipe | Kind::Error => {
                 label.red().bold()
             }
-            Kind::Recv | Kind::Send | Kind::WouldBlock => label.dimmed(),
+            Kind::Recv | Kind::Send | Kind::WouldBlock | Kind::Relay => label.dimmed(),
             Kind::Summary => label.bold(),
+            Kind::Join | Kind::Nick => label.green(),
+            Kind::Leave => label.yellow(),
+            Kind::Packet => label.blue(),
         }
     }
 }
@@ -145,10 +163,48 @@ pub struct Event {
     pub errno: Option<&'static str>,
     /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
     pub detail: Option<String>,
+    /// The process id, on `listen`: so a learner can point strace, ss -p or pstree at this
+    /// very server, and not at someone else's on a shared machine.
+    pub pid: Option<u32>,
+    /// Bytes left unread in our receive buffer when we closed: the kernel discarded them
+    /// and sent an RST instead of a FIN.
+    pub unread: Option<usize>,
+    /// Bytes we read but did not echo: the bye word's line and whatever followed it in
+    /// the same read.
+    pub discarded: Option<usize>,
     /// Counters, on `summary` events.
     pub stats: Vec<(&'static str, Value)>,
+    /// Chat: the room (without `#`) a `join`, `leave` or `relay` is about.
+    pub room: Option<String>,
+    /// Chat: the member's nick (`nick`: the new one).
+    pub nick: Option<String>,
+    /// Chat: who said the relayed line (`relay`); the old nick (`nick`).
+    pub from: Option<String>,
+    /// Chat: how many members received the relayed line (`relay`).
+    pub to: Option<u64>,
     /// What happened on the wire and in the kernel, and why.
     pub note: Cow<'static, str>,
+    /// A `packet` event's segment (`--wire`).
+    pub packet: Option<PacketFacts>,
+    /// When the kernel saw it (nanoseconds since the Unix epoch): a packet is stamped with
+    /// the capture's time, not the time it is printed.
+    pub at_ns: Option<u128>,
+}
+
+/// What a `packet` event says about its segment (JSON: `flags`, `seq`, `ack`, `len`,
+/// `from`, `to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketFacts {
+    /// `SYN`, `SYN,ACK`, `PSH,ACK`, `FIN,ACK`, `RST`, …
+    pub flags: String,
+    /// Counted from the sender's first sequence number (its SYN is 0).
+    pub seq: u32,
+    /// Counted from the receiver's first; absent when the ACK flag is not set.
+    pub ack: Option<u32>,
+    /// Payload bytes.
+    pub len: usize,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
 }
 
 impl Event {
@@ -164,8 +220,17 @@ impl Event {
             tcp_state: None,
             errno: None,
             detail: None,
+            pid: None,
+            unread: None,
+            discarded: None,
             stats: Vec::new(),
+            room: None,
+            nick: None,
+            from: None,
+            to: None,
             note: Cow::Borrowed(""),
+            packet: None,
+            at_ns: None,
         }
     }
 
@@ -204,8 +269,47 @@ impl Event {
         self
     }
 
+    pub fn pid(mut self, pid: u32) -> Event {
+        self.pid = Some(pid);
+        self
+    }
+
+    pub fn unread(mut self, bytes: usize) -> Event {
+        self.unread = Some(bytes);
+        self
+    }
+
+    pub fn discarded(mut self, bytes: usize) -> Event {
+        self.discarded = Some(bytes);
+        self
+    }
+
     pub fn stat(mut self, name: &'static str, value: impl Into<Value>) -> Event {
         self.stats.push((name, value.into()));
+        self
+    }
+
+    /// Chat: the room the event is about.
+    pub fn room(mut self, room: impl Into<String>) -> Event {
+        self.room = Some(room.into());
+        self
+    }
+
+    /// Chat: the member's nick.
+    pub fn nick(mut self, nick: impl Into<String>) -> Event {
+        self.nick = Some(nick.into());
+        self
+    }
+
+    /// Chat: who said it (`relay`), or the old nick (`nick`).
+    pub fn from(mut self, from: impl Into<String>) -> Event {
+        self.from = Some(from.into());
+        self
+    }
+
+    /// Chat: how many received it (`relay`).
+    pub fn to(mut self, to: u64) -> Event {
+        self.to = Some(to);
         self
     }
 
@@ -253,6 +357,27 @@ impl Event {
         if let Some(detail) = &e.detail {
             obj.insert("detail".into(), detail.clone().into());
         }
+        if let Some(pid) = e.pid {
+            obj.insert("pid".into(), pid.into());
+        }
+        if let Some(unread) = e.unread {
+            obj.insert("unread".into(), unread.into());
+        }
+        if let Some(discarded) = e.discarded {
+            obj.insert("discarded".into(), discarded.into());
+        }
+        if let Some(room) = &e.room {
+            obj.insert("room".into(), room.clone().into());
+        }
+        if let Some(nick) = &e.nick {
+            obj.insert("nick".into(), nick.clone().into());
+        }
+        if let Some(from) = &e.from {
+            obj.insert("from".into(), from.clone().into());
+        }
+        if let Some(to) = e.to {
+            obj.insert("to".into(), to.into());
+        }
         if !e.stats.is_empty() {
             let stats: Map<String, Value> = e
                 .stats
@@ -260,6 +385,16 @@ impl Event {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
             obj.insert("stats".into(), stats.into());
+        }
+        if let Some(p) = &e.packet {
+            obj.insert("flags".into(), p.flags.clone().into());
+            obj.insert("seq".into(), p.seq.into());
+            if let Some(ack) = p.ack {
+                obj.insert("ack".into(), ack.into());
+            }
+            obj.insert("len".into(), p.len.into());
+            obj.insert("from".into(), p.from.to_string().into());
+            obj.insert("to".into(), p.to.to_string().into());
         }
         if explain && !e.note.is_empty() {
             obj.insert("note".into(), e.note.as_ref().into());
@@ -276,6 +411,8 @@ pub const EPOCH_ENV: &str = "TCP_LAB_EPOCH_NS";
 pub enum Role {
     Server,
     Client,
+    /// The packet capture (`--wire`): what crossed the wire, not a call.
+    Wire,
 }
 
 impl Role {
@@ -283,6 +420,7 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Client => "client",
+            Role::Wire => "wire",
         }
     }
 }
@@ -302,8 +440,145 @@ pub struct Output {
     flush_each: bool,
     /// Columns to wrap notes at.
     width: usize,
+    /// `client --name`: shown instead of the role in text, and as JSON `name`, so two
+    /// clients printing to one terminal can be told apart.
+    name: Option<String>,
     start: Instant,
-    sink: Mutex<BufWriter<Stdout>>,
+    sink: Sink,
+}
+
+/// Where the rendered lines go.
+enum Sink {
+    /// Written by the caller (the client and the demos: they have nothing else to do).
+    Direct(Mutex<BufWriter<Stdout>>),
+    /// Handed to a writer thread through a bounded queue (servers: see [`Shedding`]).
+    Shedding(Arc<Shedding>),
+}
+
+/// A server must never wait for its stdout: if nobody reads it (`tcp-lab serve | sleep
+/// 600`), a blocking write would freeze every connection, and Ctrl-C with them. So events
+/// go into a queue of at most [`QUEUE_LIMIT`] bytes that a thread of their own writes out;
+/// when it is full, an event is dropped and counted, like a logger that sheds. The count is
+/// in the summary and, at exit, on stderr.
+struct Shedding {
+    queue: Mutex<Queue>,
+    /// The writer thread sleeps on it until there is something to write.
+    wake: Condvar,
+    /// [`Output::finish`] sleeps on it until the queue is written out.
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Rendered lines not yet taken by the writer, and how many events they are.
+    bytes: Vec<u8>,
+    events: u64,
+    /// Lines to write now (set by a flush, or by every event when not buffered).
+    ready: bool,
+    /// The writer holds a batch it has not finished writing, of this many events.
+    writing: bool,
+    in_flight: u64,
+    /// Events dropped: the queue was full, or stdout failed.
+    dropped: u64,
+    /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
+    failed: bool,
+}
+
+/// The most event text a server holds for a slow stdout: memory stays bounded.
+pub const QUEUE_LIMIT: usize = 1024 * 1024;
+
+impl Shedding {
+    fn start() -> Arc<Shedding> {
+        let shedding = Arc::new(Shedding {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+        });
+        let writer = Arc::clone(&shedding);
+        let started = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || writer.write_forever());
+        if started.is_err() {
+            // No thread: nothing will be written, so everything is counted as dropped.
+            shedding.lock().writing = true;
+        }
+        shedding
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, line: &str, now: bool) {
+        let mut queue = self.lock();
+        if queue.bytes.len() + line.len() > QUEUE_LIMIT {
+            queue.dropped += 1;
+            return;
+        }
+        queue.bytes.extend_from_slice(line.as_bytes());
+        queue.events += 1;
+        if now {
+            queue.ready = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn flush(&self) {
+        let mut queue = self.lock();
+        if !queue.bytes.is_empty() {
+            queue.ready = true;
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer thread: take what is queued, write it with the lock released (this is
+    /// where a stdout nobody reads blocks: only this thread waits), repeat.
+    fn write_forever(&self) {
+        let mut stdout = std::io::stdout();
+        loop {
+            let (batch, events) = {
+                let mut queue = self.lock();
+                while !queue.ready || queue.bytes.is_empty() {
+                    queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                queue.ready = false;
+                queue.writing = true;
+                queue.in_flight = std::mem::take(&mut queue.events);
+                (std::mem::take(&mut queue.bytes), queue.in_flight)
+            };
+            // A closed stdout (the learner piped us into `head`) must not stop the server.
+            let written = stdout.write_all(&batch).and_then(|()| stdout.flush());
+            let mut queue = self.lock();
+            queue.writing = false;
+            queue.in_flight = 0;
+            if written.is_err() {
+                queue.failed = true;
+                queue.dropped += events;
+            }
+            self.drained.notify_all();
+        }
+    }
+
+    /// Wait up to `limit` for the queue to be written out; the events still unwritten
+    /// then, plus those dropped before, are lost.
+    fn finish(&self, limit: Duration) -> (u64, bool) {
+        let deadline = Instant::now() + limit;
+        let mut queue = self.lock();
+        queue.ready = true;
+        self.wake.notify_one();
+        while queue.writing || !queue.bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            queue = self
+                .drained
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        (queue.dropped + queue.events + queue.in_flight, queue.failed)
+    }
 }
 
 impl Output {
@@ -318,8 +593,12 @@ impl Output {
             quiet: false,
             flush_each: true,
             width: note_width(),
+            name: None,
             start: Instant::now(),
-            sink: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+            sink: Sink::Direct(Mutex::new(BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            ))),
         };
         match std::env::var(EPOCH_ENV).ok().and_then(|v| v.parse().ok()) {
             Some(epoch_ns) => output.since_epoch_ns(epoch_ns),
@@ -333,10 +612,57 @@ impl Output {
         self
     }
 
+    /// Label every event with `name` (`client --name`).
+    pub fn named(mut self, name: Option<String>) -> Output {
+        self.name = name;
+        self
+    }
+
     /// Buffer events until [`Output::flush`] instead of flushing each one.
     pub fn buffered(mut self) -> Output {
         self.flush_each = false;
         self
+    }
+
+    /// Never wait for stdout: a thread writes the events, and what does not fit in its
+    /// bounded queue is dropped and counted (servers: see [`Shedding`]).
+    pub fn shedding(mut self) -> Output {
+        self.sink = Sink::Shedding(Shedding::start());
+        self
+    }
+
+    /// Events dropped so far because stdout did not keep up.
+    pub fn dropped(&self) -> u64 {
+        match &self.sink {
+            Sink::Direct(_) => 0,
+            Sink::Shedding(shedding) => shedding.lock().dropped,
+        }
+    }
+
+    /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
+    /// nobody reads, and say on stderr how many events were lost.
+    pub fn finish(&self, limit: Duration) {
+        let (lost, failed) = match &self.sink {
+            Sink::Direct(_) => return self.flush(),
+            Sink::Shedding(shedding) => shedding.finish(limit),
+        };
+        if lost > 0 {
+            let line = match failed {
+                true => format!("tcp-lab: {lost} events were not written: stdout was closed\n"),
+                false => format!(
+                    "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at \
+most {} KiB of events wait for it)\n",
+                    QUEUE_LIMIT / 1024
+                ),
+            };
+            // stderr may be a pipe nobody reads too: try from a thread, and do not wait long.
+            let (done, wait) = std::sync::mpsc::channel();
+            let _ = std::thread::Builder::new().spawn(move || {
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                let _ = done.send(());
+            });
+            let _ = wait.recv_timeout(Duration::from_millis(200));
+        }
     }
 
     /// Count time from another process's start (the process model's children use the
@@ -372,30 +698,44 @@ impl Output {
             Format::Json => self.json_line(&event),
             Format::Text => self.text_lines(&event),
         };
-        let mut sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A closed stdout (the learner piped us into `head`) must not stop the server.
+        let sink = match &self.sink {
+            Sink::Direct(sink) => sink,
+            Sink::Shedding(shedding) => return shedding.push(&line, self.flush_each),
+        };
+        let mut sink = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A closed stdout (the learner piped us into `head`) must not stop the client.
         let _ = sink.write_all(line.as_bytes());
         if self.flush_each {
             let _ = sink.flush();
         }
     }
 
+    /// Write what is buffered (shedding: hand it to the writer thread, without waiting).
     pub fn flush(&self) {
-        let mut sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = sink.flush();
+        match &self.sink {
+            Sink::Direct(sink) => {
+                let mut sink = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = sink.flush();
+            }
+            Sink::Shedding(shedding) => shedding.flush(),
+        }
+    }
+
+    /// Seconds since the start: now, or when the kernel saw a packet.
+    fn seconds(&self, e: &Event) -> f64 {
+        match e.at_ns {
+            Some(at_ns) => at_ns.saturating_sub(self.epoch_ns()) as f64 / 1e9,
+            None => self.start.elapsed().as_secs_f64(),
+        }
     }
 
     fn json_line(&self, e: &Event) -> String {
-        let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        let mut line = e
-            .to_json(ts, self.role, self.mode, self.explain)
-            .to_string();
+        let ts = (self.seconds(e) * 1e6).round() / 1e6;
+        let mut json = e.to_json(ts, self.role, self.mode, self.explain);
+        if let (Some(name), Value::Object(obj)) = (&self.name, &mut json) {
+            obj.shift_insert(2, "name".into(), name.as_str().into()); // after ts and role
+        }
+        let mut line = json.to_string();
         line.push('\n');
         line
     }
@@ -403,10 +743,11 @@ impl Output {
     /// `  0.532 server #1  recv        6 bytes "hello\n"            ESTABLISHED`
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
-        let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let ts = format!("{:8.3}", self.seconds(e));
+        let who = self.name.as_deref().unwrap_or(self.role.name());
         let who = match e.conn {
-            Some(id) => format!("{} #{id}", self.role.name()),
-            None => self.role.name().to_string(),
+            Some(id) => format!("{who} #{id}"),
+            None => who.to_string(),
         };
         let mut facts = text_facts(e);
         // The state stands apart from the facts, by two spaces even when it is alone.
@@ -510,6 +851,13 @@ fn text_facts(e: &Event) -> Vec<String> {
         }
         _ => {}
     }
+    if let Some(p) = &e.packet {
+        facts.push(format!("{} → {}", p.from, p.to));
+        facts.push(p.flags.clone());
+        facts.push(format!("seq={}", p.seq));
+        facts.extend(p.ack.map(|ack| format!("ack={ack}")));
+        facts.push(format!("len={}", p.len));
+    }
     if let Some(bytes) = e.bytes {
         facts.push(format!("{bytes} bytes"));
     }
@@ -520,8 +868,33 @@ fn text_facts(e: &Event) -> Vec<String> {
     if let Some(errno) = e.errno {
         facts.push(errno.red().to_string());
     }
+    // Chat: `alice (was user3) #lobby → 4`
+    if let (Kind::Relay, Some(from)) = (e.kind, &e.from) {
+        facts.push(format!("<{from}>"));
+    }
+    if let Some(nick) = &e.nick {
+        facts.push(nick.clone());
+    }
+    if let (Kind::Nick, Some(old)) = (e.kind, &e.from) {
+        facts.push(format!("(was {old})"));
+    }
+    if let Some(room) = &e.room {
+        facts.push(format!("#{room}"));
+    }
+    if let Some(to) = e.to {
+        facts.push(format!("to {to}"));
+    }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());
+    }
+    if let Some(pid) = e.pid {
+        facts.push(format!("pid {pid}"));
+    }
+    if let Some(unread) = e.unread {
+        facts.push(format!("{unread} bytes unread"));
+    }
+    if let Some(discarded) = e.discarded {
+        facts.push(format!("{discarded} bytes discarded"));
     }
     for (name, value) in &e.stats {
         facts.push(format!("{}={}", name.replace('_', " "), value));
@@ -529,9 +902,13 @@ fn text_facts(e: &Event) -> Vec<String> {
     facts
 }
 
-/// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
-/// C1, bidi overrides) and every invalid byte is escaped (`\n`, `\x1B`, `\xC4`, `\u{202E}`).
-/// A backslash is doubled, so the escaped text reads back unambiguously.
+/// Show bytes from a peer safely: valid UTF-8 is kept, every control character and every
+/// invalid byte is escaped. The text reads back unambiguously ([`unescape`]):
+/// - `\n`, `\r`, `\t`, and `\\` for a backslash;
+/// - `\xNN`: one byte — an ASCII control (C0, DEL: `\x1B`) or a byte that is not UTF-8
+///   (`\xC4`, `\x9B`);
+/// - `\u{N}`: one character — a C1 control (`\u{9B}`, two bytes in UTF-8) or a bidi
+///   override (`\u{202E}`).
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -551,7 +928,9 @@ fn push_escaped_char(out: &mut String, c: char) {
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
         '\\' => out.push_str("\\\\"),
-        c if (c as u32) < 0x100 && c.is_control() => {
+        // One byte of ASCII (C0, DEL). A C1 control is a character of two bytes: it goes
+        // below as `\u{9B}`, so it cannot be mistaken for the invalid byte 0x9B (`\x9B`).
+        c if c.is_ascii_control() => {
             let _ = write!(out, "\\x{:02X}", c as u32);
         }
         c if c.is_control() || is_bidi_control(c) => {
@@ -559,6 +938,39 @@ fn push_escaped_char(out: &mut String, c: char) {
         }
         c => out.push(c),
     }
+}
+
+/// The bytes an [`escape_bytes`] text stands for (None if it is not one).
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push(b'\n'),
+            'r' => out.push(b'\r'),
+            't' => out.push(b'\t'),
+            '\\' => out.push(b'\\'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                (hex.len() == 2).then_some(())?;
+                out.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            'u' => {
+                (chars.next()? == '{').then_some(())?;
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let c = char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?;
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Characters that reorder the text around them: a peer could make a line lie.
@@ -589,7 +1001,8 @@ mod tests {
         assert_eq!(escape_bytes("你好".as_bytes()), "你好");
         assert_eq!(escape_bytes(b"a\nb\r\t"), "a\\nb\\r\\t");
         assert_eq!(escape_bytes(b"\x1b[31m\x00\x7f"), "\\x1B[31m\\x00\\x7F");
-        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\x9B");
+        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\u{9B}");
+        assert_eq!(escape_bytes(b"\x9b"), "\\x9B");
         assert_eq!(escape_bytes("\u{202e}".as_bytes()), "\\u{202E}");
         assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
     }
@@ -647,6 +1060,39 @@ mod tests {
             assert!(continuation.starts_with(&" ".repeat(FACTS_INDENT)));
         }
         assert!(text.contains("resets=123456"));
+    }
+
+    #[test]
+    fn a_packet_is_stamped_with_the_kernels_time_on_the_events_clock() {
+        let args = OutputArgs {
+            format: Format::Json,
+            color: ColorChoice::Never,
+            no_explain: false,
+        };
+        let out = Output::new(Role::Wire, None, &args);
+        let mut packet = Event::new(Kind::Packet);
+        packet.at_ns = Some(out.epoch_ns() + 1_500_000_000);
+        packet.packet = Some(PacketFacts {
+            flags: "FIN,ACK".into(),
+            seq: 7,
+            ack: Some(8),
+            len: 0,
+            from: "127.0.0.1:7788".parse().unwrap(),
+            to: "127.0.0.1:40000".parse().unwrap(),
+        });
+        let line: Value = serde_json::from_str(&out.json_line(&packet)).unwrap();
+        // Two reads of two clocks (realtime, monotonic) apart: equal within a microsecond or so.
+        let ts = line["ts"].as_f64().unwrap();
+        assert!((ts - 1.5).abs() < 1e-3, "{ts}");
+        assert_eq!(line["role"], "wire");
+        assert_eq!(line["kind"], "packet");
+        assert_eq!(line["flags"], "FIN,ACK");
+        assert_eq!(
+            (line["seq"].as_u64(), line["ack"].as_u64()),
+            (Some(7), Some(8))
+        );
+        assert_eq!(line["from"], "127.0.0.1:7788");
+        assert_eq!(line["to"], "127.0.0.1:40000");
     }
 
     #[test]

@@ -35,8 +35,7 @@ pub fn run(listener: &TcpListener, server: &Server) {
             // as a crashing handler would, without a word, and the kernel sends the FIN.
             Ending::Crashed(conn) => {
                 let event = conn.event_closed(Kind::Close).detail("handler crashed");
-                drop(conn); // close(), then say so: the event follows the call
-                server.out.emit(event.note(note::CLOSE_CRASH));
+                echo::close_reporting(conn, server, event, note::CLOSE_CRASH);
             }
         }
         server.finished();

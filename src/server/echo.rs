@@ -6,12 +6,12 @@
 //! failure options (`--crash-after`, `--reset-after`) that make a lesson happen on purpose.
 
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 
 use super::{Connection, Server, Stats, TICK};
-use crate::event::Kind;
+use crate::event::{Event, Kind};
 use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 
@@ -42,7 +42,9 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
     }
     let mut buf = vec![0u8; READ_BUF];
     let mut messages = 0u64;
-    let mut last_heard = Instant::now();
+    // When bytes last moved either way: a peer that sends but never reads stalls our
+    // write, and is as idle as a silent one.
+    let mut last_progress = Instant::now();
 
     loop {
         if server.stop.requested() {
@@ -62,14 +64,9 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
             }
             // The read timed out: nothing arrived during this TICK.
             ReadOutcome::WouldBlock => {
-                let idle_for = last_heard.elapsed();
+                let idle_for = last_progress.elapsed();
                 if config.idle_timeout.is_some_and(|limit| idle_for >= limit) {
-                    let event = conn
-                        .event(Kind::Timeout)
-                        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()))
-                        .note(note::TIMEOUT);
-                    drop(conn); // close(): the FIN goes out
-                    out.emit(event);
+                    time_out(conn, server, idle_for);
                     return Ending::Finished;
                 }
                 continue;
@@ -83,7 +80,7 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
         };
 
         let message = &buf[..n];
-        last_heard = Instant::now();
+        last_progress = Instant::now();
         messages += 1;
         Stats::add(&server.stats.messages, 1);
         if out.wants_data() {
@@ -99,12 +96,18 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
                     continue; // stopping: the top of the loop closes the connection
                 }
             }
-            if !echo(&conn, answer, server) {
-                return Ending::Finished;
+            match echo(&conn, answer, server, &mut last_progress) {
+                Echoed::All => {}
+                Echoed::Gone => return Ending::Finished,
+                Echoed::Stopping => continue, // the top of the loop closes the connection
+                Echoed::Stalled(idle_for) => {
+                    time_out(conn, server, idle_for);
+                    return Ending::Finished;
+                }
             }
         }
-        if bye.is_some() {
-            close(conn, server, note::CLOSE_BYE);
+        if let Some(before) = bye {
+            close_after_bye(conn, server, n - before);
             return Ending::Finished;
         }
         if config.crash_after == Some(messages) {
@@ -122,15 +125,42 @@ fn set_timeouts(conn: &Connection) -> std::io::Result<()> {
     conn.stream.set_write_timeout(Some(TICK))
 }
 
-/// Write all of `message` back. Returns false if the connection died on the way.
-fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
+/// How an echo ended.
+enum Echoed {
+    /// Every byte is in the kernel's send buffer.
+    All,
+    /// The connection died on the way (reported).
+    Gone,
+    /// Ctrl-C while the send buffer was full.
+    Stopping,
+    /// The peer has not read for `--idle-timeout`: the send buffer stayed full that long.
+    Stalled(Duration),
+}
+
+/// Write all of `message` back. A write that cannot go on (the peer does not read) wakes
+/// every TICK, like a read, to check for Ctrl-C and `--idle-timeout`.
+fn echo(conn: &Connection, message: &[u8], server: &Server, last_progress: &mut Instant) -> Echoed {
     let mut written = 0;
     while written < message.len() {
         match outcome::classify_write((&conn.stream).write(&message[written..])) {
-            WriteOutcome::Wrote(n) => written += n,
-            // The send buffer is full (the peer is not reading): wait, unless we are stopping.
-            WriteOutcome::WouldBlock if !server.stop.requested() => continue,
-            WriteOutcome::WouldBlock => return false,
+            WriteOutcome::Wrote(n) => {
+                written += n;
+                *last_progress = Instant::now();
+            }
+            // The send buffer stayed full for a TICK: the peer is not reading.
+            WriteOutcome::WouldBlock => {
+                if server.stop.requested() {
+                    return Echoed::Stopping;
+                }
+                let idle_for = last_progress.elapsed();
+                if server
+                    .config
+                    .idle_timeout
+                    .is_some_and(|limit| idle_for >= limit)
+                {
+                    return Echoed::Stalled(idle_for);
+                }
+            }
             WriteOutcome::Interrupted => continue,
             WriteOutcome::BrokenPipe => {
                 server.out.emit(
@@ -138,15 +168,15 @@ fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
                         .errno(Some("EPIPE"))
                         .note(note::BROKEN_PIPE),
                 );
-                return false;
+                return Echoed::Gone;
             }
             WriteOutcome::Reset => {
                 report_reset(conn, server, "write()");
-                return false;
+                return Echoed::Gone;
             }
             WriteOutcome::Failed(e) => {
                 report_error(conn, server, "write()", &e);
-                return false;
+                return Echoed::Gone;
             }
         }
     }
@@ -156,7 +186,15 @@ fn echo(conn: &Connection, message: &[u8], server: &Server) -> bool {
             .out
             .emit(conn.event(Kind::Send).payload(message).note(note::SEND));
     }
-    true
+    Echoed::All
+}
+
+/// `--idle-timeout`: nothing moved either way for that long.
+pub fn time_out(conn: Connection, server: &Server, idle_for: Duration) {
+    let event = conn
+        .event(Kind::Timeout)
+        .detail(format!("idle {:.1} s", idle_for.as_secs_f64()));
+    close_reporting(conn, server, event, note::TIMEOUT);
 }
 
 /// What goes back for `message` (the bytes before any bye word): the message itself, or
@@ -183,22 +221,40 @@ pub fn bye_at(message: &[u8], bye_word: &str) -> Option<usize> {
     None
 }
 
-/// close(): the kernel sends our FIN.
+/// close(): the kernel sends our FIN (an RST if input is left unread).
 pub fn close(conn: Connection, server: &Server, why: &'static str) {
-    // Only the last copy's close sends the FIN (`--parent-keeps-fd`).
-    let why = if server.config.copy_held_elsewhere {
-        note::CLOSE_SHARED
-    } else {
-        why
-    };
-    let event = conn.event_closed(Kind::Close).note(why);
-    drop(conn); // the descriptor is closed here: the FIN is on its way when we say so
-    server.out.emit(event);
+    let event = conn.event_closed(Kind::Close);
+    close_reporting(conn, server, event, why);
+}
+
+/// The bye word: close without echoing it, nor what followed it in the same read.
+/// `discarded`: those bytes (the bye word's line and everything after it).
+pub fn close_after_bye(conn: Connection, server: &Server, discarded: usize) {
+    let event = conn.event_closed(Kind::Close).discarded(discarded);
+    close_reporting(conn, server, event, note::CLOSE_BYE);
+}
+
+/// Every close the server decides goes through here: close(), then `event` with the note
+/// that says what the kernel sent. `fin_note` if nothing was left unread; if the peer's bytes
+/// still sit in our receive buffer, the kernel discards them and sends an RST instead, and
+/// the event says so (`unread`, and the RST version of the note).
+pub fn close_reporting(conn: Connection, server: &Server, event: Event, fin_note: &'static str) {
+    // Only the last copy's close sends anything (`--parent-keeps-fd`).
+    if server.config.copy_held_elsewhere {
+        drop(conn);
+        return server.out.emit(event.note(note::CLOSE_SHARED));
+    }
+    let unread = conn.unread();
+    drop(conn); // the descriptor is closed here: the FIN (or RST) is on its way when we say so
+    server.out.emit(match unread {
+        0 => event.note(fin_note),
+        n => super::with_unread(event, n, fin_note),
+    });
 }
 
 /// close() with SO_LINGER 0: the kernel sends an RST instead of a FIN.
 pub fn abort(conn: Connection, server: &Server) {
-    if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(std::time::Duration::ZERO)) {
+    if let Err(e) = SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO)) {
         report_error(&conn, server, "setsockopt(SO_LINGER)", &e);
     }
     let event = conn.event_closed(Kind::Abort).note(note::ABORT);
@@ -226,7 +282,12 @@ pub fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io:
 
 #[cfg(test)]
 mod tests {
-    use super::bye_at;
+    use super::{bye_at, READ_BUF};
+
+    #[test]
+    fn the_longest_bye_word_fits_in_one_read() {
+        assert_eq!(crate::cli::BYE_WORD_MAX, READ_BUF);
+    }
 
     #[test]
     fn bye_is_a_whole_message_or_a_whole_line() {

@@ -23,6 +23,11 @@ use crate::event::Kind;
 use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 
+/// At most this many accept() calls per turn of a loop: a queue of newcomers is taken in
+/// one go (not one per turn), yet a flood of them cannot starve the connections already
+/// being served.
+pub const ACCEPT_BATCH: usize = 128;
+
 /// Above this much unsent output, a connection is not read until it drains (backpressure):
 /// a peer that sends and never reads costs us at most this plus one read.
 pub const MAX_PENDING: usize = 256 * 1024;
@@ -36,6 +41,8 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub enum End {
     /// close() with this note: the kernel sends our FIN.
     Close(&'static str),
+    /// The bye word: close() without echoing this many bytes (its line and what followed).
+    Bye(usize),
     /// `--crash-after`: dropped without a word, as a dying handler would.
     Crash,
     /// `--reset-after`: close() with SO_LINGER 0, an RST.
@@ -147,8 +154,8 @@ impl LoopConn {
         // The bye word is not echoed; whatever came before it in the same read still is,
         // and the connection closes once that is out.
         let bye = echo::bye_at(message, &server.config.bye_word);
-        if bye.is_some() {
-            self.ending = Some(End::Close(note::CLOSE_BYE));
+        if let Some(before) = bye {
+            self.ending = Some(End::Bye(n - before));
         }
         let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
@@ -291,18 +298,14 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
     let conn = lc.conn;
     match end {
         End::Close(why) => echo::close(conn, server, why),
+        End::Bye(discarded) => echo::close_after_bye(conn, server, discarded),
         End::Abort => echo::abort(conn, server),
         End::Crash => {
+            // close(), without a word: the kernel sends the FIN (RST over unread bytes)
             let event = conn.event_closed(Kind::Close).detail("handler crashed");
-            drop(conn); // close(), without a word: the kernel sends the FIN
-            server.out.emit(event.note(note::CLOSE_CRASH));
+            echo::close_reporting(conn, server, event, note::CLOSE_CRASH);
         }
-        End::Timeout(idle_for) => {
-            let event = conn.event(Kind::Timeout);
-            let detail = format!("idle {:.1} s", idle_for.as_secs_f64());
-            drop(conn); // close(): the FIN goes out
-            server.out.emit(event.detail(detail).note(note::TIMEOUT));
-        }
+        End::Timeout(idle_for) => echo::time_out(conn, server, idle_for),
         End::Dead => drop(conn),
     }
     server.finished();

@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -13,22 +14,32 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::cli::{Mode, ServeArgs};
+use crate::cli::{App, Mode, ServeArgs};
 use crate::event::{Event, Kind, Output, Role};
 use crate::{note, outcome, tcp_state};
 
 pub mod blocking;
+pub mod chat;
+pub mod chat_loop;
+pub mod chat_nonblocking;
+pub mod chat_poll;
+pub mod chat_select;
+pub mod chat_threaded;
 pub mod echo;
 pub mod event_loop;
 pub mod nonblocking;
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod talk;
 pub mod threaded;
 
 /// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
 /// that the server stops "within a second", long enough to cost nothing.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long a server waits at exit for a slow stdout to take its last events.
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 /// How long to wait before accepting again after running out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
@@ -37,6 +48,10 @@ pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    /// What is done with the bytes: echo, chat or talk.
+    pub app: App,
+    /// Chat: the longest line accepted (`--max-line`).
+    pub max_line: usize,
     /// The handler "works" this long before echoing.
     pub delay: Option<Duration>,
     /// A message equal to it closes the connection.
@@ -62,6 +77,8 @@ impl Config {
     pub fn from_args(args: &ServeArgs) -> Config {
         Config {
             mode: args.mode,
+            app: args.app,
+            max_line: args.max_line as usize,
             delay: args.delay.map(Duration::from_millis),
             bye_word: args.bye_word.clone(),
             reply: args
@@ -189,18 +206,17 @@ impl Server {
     }
 
     /// Over `--max-conns`: the kernel already accepted the connection for us, so the polite
-    /// answer is to say why and close (a FIN), rather than leave the peer waiting.
+    /// answer is to say why and close (a FIN, or an RST if it spoke first), rather than
+    /// leave the peer waiting.
     pub fn turn_away(&self, conn: Connection) {
         // One short write into an empty send buffer: it never blocks, and if the peer is
         // already gone there is nobody to tell.
         let _ = (&conn.stream).write(b"server full\n");
         Stats::add(&self.stats.turned_away, 1);
-        self.out.emit(
-            conn.event(Kind::Limit)
-                .detail(format!("{} connections open", Stats::get(&self.stats.open)))
-                .note(note::LIMIT),
-        );
-        drop(conn); // close(): the FIN follows "server full"
+        let event = conn
+            .event(Kind::Limit)
+            .detail(format!("{} connections open", Stats::get(&self.stats.open)));
+        echo::close_reporting(conn, self, event, note::LIMIT);
     }
 
     /// A connection was accepted and will be served: count it and say so.
@@ -334,6 +350,11 @@ impl Connection {
             .state(tcp_state::of(&self.stream))
     }
 
+    /// Bytes that arrived and were never read: closing the socket now would send an RST.
+    pub fn unread(&self) -> usize {
+        unread_bytes(&self.stream)
+    }
+
     /// An event about this connection after its socket is gone (no TCP state to read).
     pub fn event_closed(&self, kind: Kind) -> Event {
         Event::new(kind).conn(self.id).addrs(self.local, self.peer)
@@ -343,7 +364,9 @@ impl Connection {
 /// `tcp-lab serve`: listen, then run the chosen mode until it stops.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let config = Config::from_args(args);
-    let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output).quiet(args.quiet);
+    let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output)
+        .quiet(args.quiet)
+        .shedding(); // a stdout nobody reads must not stop the serving
     if matches!(args.mode, Mode::Nonblocking | Mode::Select | Mode::Poll) {
         // One thread serves everyone: it writes events out once per turn of its loop, not
         // once per event.
@@ -359,31 +382,81 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
+    let local = listener.local_addr().unwrap_or(addr);
+    let _wire =
+        crate::wire::print_for_listener(&args.wire, local, &args.output, server.out.epoch_ns())?;
     server.out.emit(
         Event::new(Kind::Listen)
             .addrs(listener.local_addr().ok(), None)
             .state(tcp_state::of(&listener))
             .detail(format!("backlog {}", args.backlog))
+            .pid(std::process::id())
             .note(note::LISTEN),
     );
     server.out.flush(); // a script waits for this line to learn the port
 
-    match args.mode {
-        Mode::Blocking => blocking::run(&listener, &server),
-        Mode::Threaded => threaded::run(&listener, &server),
-        Mode::Process => process::run(&listener, &server, args.parent_keeps_fd),
-        Mode::Nonblocking => {
-            nonblocking::run(&listener, &server).context("the nonblocking server failed")?
-        }
-        Mode::Select => select::run(&listener, &server).context("the select server failed")?,
-        Mode::Poll => poll::run(&listener, &server).context("the poll server failed")?,
-    }
+    let served = match args.app {
+        App::Echo => run_echo(&listener, &server, args),
+        App::Chat => chat::run(&listener, &server),
+        App::Talk => talk::run(&listener, &server),
+    };
 
-    if server.stop.requested() {
-        close_queued(&listener, &server);
+    if served.is_ok() {
+        if server.stop.requested() {
+            close_queued(&listener, &server);
+        }
+        emit_summary(&server);
     }
-    emit_summary(&server);
-    Ok(())
+    server.out.finish(OUTPUT_GRACE); // the events still queued, even before an error
+    served
+}
+
+/// The echo server, in the mode the learner picked.
+fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> Result<()> {
+    match args.mode {
+        Mode::Blocking => {
+            blocking::run(listener, server);
+            Ok(())
+        }
+        Mode::Threaded => {
+            threaded::run(listener, server);
+            Ok(())
+        }
+        Mode::Process => {
+            process::run(listener, server, args.parent_keeps_fd);
+            Ok(())
+        }
+        Mode::Nonblocking => {
+            nonblocking::run(listener, server).context("the nonblocking server failed")
+        }
+        Mode::Select => select::run(listener, server).context("the select server failed"),
+        Mode::Poll => poll::run(listener, server).context("the poll server failed"),
+    }
+}
+
+/// Can this app run in this mode, with these options? If not, the sentence that says why
+/// (a usage error: `tcp-lab` exits 2 with it before listening).
+pub fn app_fits(args: &ServeArgs) -> Result<(), String> {
+    match args.app {
+        App::Echo => return Ok(()),
+        App::Chat => chat::fits(args.mode)?,
+        App::Talk => talk::fits(args.mode)?,
+    }
+    // The echo's ways to misbehave on purpose mean nothing to a chat or a talk.
+    let echo_only = [
+        ("--delay", args.delay.is_some()),
+        ("--reply", args.reply.is_some()),
+        ("--crash-after", args.crash_after.is_some()),
+        ("--reset-after", args.reset_after.is_some()),
+    ];
+    match echo_only.iter().find(|(_, given)| *given) {
+        Some((option, _)) => Err(format!(
+            "{option} shapes the echo; it has no meaning with --app {}",
+            args.app.name()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
@@ -433,6 +506,9 @@ or another server may be running"
 fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
     let server = Arc::clone(server);
     ctrlc::set_handler(move || {
+        // The `stop` event first, so it comes before the closes the stop causes. Printing
+        // cannot hold the stop up: a server's events go into a queue that sheds, never
+        // waiting for stdout (a handler that blocked here on a full pipe ignored Ctrl-C).
         if announce && !server.stop.requested() {
             server.out.emit(Event::new(Kind::Stop).note(note::STOP));
         }
@@ -442,21 +518,48 @@ fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
 }
 
 /// Connections the kernel finished but nobody accepted yet would get an RST when the
-/// listening socket closes. Accept each one only to close it, so it gets a FIN like the rest.
+/// listening socket closes. Accept each one only to close it, so it gets a FIN like the rest
+/// (an RST all the same if its peer had sent bytes: they are unread).
 fn close_queued(listener: &TcpListener, server: &Server) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
     while let Ok((stream, peer)) = listener.accept() {
         let local = stream.local_addr().ok();
-        drop(stream); // close(): FIN
-        server.out.emit(
-            Event::new(Kind::Close)
-                .addrs(local, Some(peer))
-                .detail("queued, never served")
-                .note(note::CLOSE_QUEUED),
-        );
+        let event = Event::new(Kind::Close)
+            .addrs(local, Some(peer))
+            .detail("queued, never served");
+        let unread = unread_bytes(&stream);
+        drop(stream); // close(): FIN, or RST over unread bytes
+        server.out.emit(match unread {
+            0 => event.note(note::CLOSE_QUEUED),
+            n => with_unread(event, n, note::CLOSE_QUEUED),
+        });
     }
+}
+
+/// FIONREAD (SIOCINQ): how many bytes wait in a socket's receive buffer, unread. Linux
+/// discards them when the socket is closed and tells the peer with an RST, not a FIN.
+pub fn unread_bytes(socket: &impl AsRawFd) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into the variable we pass.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    if rc < 0 {
+        return 0; // not a connected socket any more: nothing to discard
+    }
+    unread.max(0) as usize
+}
+
+/// The event of a close that left `unread` bytes behind: the kernel sent an RST. A plain
+/// `close` becomes an `abort` (we closed: RST); a `timeout` or `limit` keeps its kind.
+pub fn with_unread(event: Event, unread: usize, fin_note: &str) -> Event {
+    let kind = match event.kind {
+        Kind::Close => Kind::Abort,
+        kind => kind,
+    };
+    Event { kind, ..event }
+        .unread(unread)
+        .note(note::unread(fin_note))
 }
 
 /// User plus system CPU time of this process so far, in milliseconds (getrusage).
@@ -497,6 +600,10 @@ fn emit_summary(server: &Server) {
     if server.config.mode == Mode::Select {
         summary = summary.stat("scanned", Stats::get(&stats.scanned));
     }
+    // Events shed because stdout did not keep up (only when some were).
+    let dropped = server.out.dropped();
+    if dropped > 0 {
+        summary = summary.stat("events_dropped", dropped);
+    }
     server.out.emit(summary.note(note::SUMMARY));
-    server.out.flush();
 }

@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, End, LoopAccepted, LoopConn, Step};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Step, ACCEPT_BATCH};
 use super::{Acceptor, Server, Stats, EMFILE_BACKOFF};
 use crate::event::{Event, Kind};
 use crate::note;
@@ -45,12 +45,10 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         // 1. Anyone new? Usually not: EAGAIN, counted as a wasted try.
         if accept_paused_until.is_none_or(|until| now >= until) {
             accept_paused_until = None;
-            match event_loop::accept(&mut acceptor, listener, server) {
-                LoopAccepted::Conn(lc) => conns.push(lc),
+            if accept_some(&mut acceptor, listener, &mut conns, server) {
                 // Out of descriptors: accept() would fail at once on every turn, so stop
                 // asking for a moment (the queued connections wait in the kernel).
-                LoopAccepted::BackOff => accept_paused_until = Some(now + EMFILE_BACKOFF),
-                LoopAccepted::TurnedAway | LoopAccepted::Empty => {}
+                accept_paused_until = Some(now + EMFILE_BACKOFF);
             }
         }
 
@@ -75,6 +73,26 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         event_loop::finish(lc, End::Close(note::CLOSE_STOP), server);
     }
     Ok(())
+}
+
+/// accept() until the queue is empty (EAGAIN) or ACCEPT_BATCH were taken: a thousand
+/// clients arriving together wait one turn, not a thousand. Returns true if out of
+/// descriptors.
+fn accept_some(
+    acceptor: &mut Acceptor,
+    listener: &TcpListener,
+    conns: &mut Vec<LoopConn>,
+    server: &Server,
+) -> bool {
+    for _ in 0..ACCEPT_BATCH {
+        match event_loop::accept(acceptor, listener, server) {
+            LoopAccepted::Conn(lc) => conns.push(lc),
+            LoopAccepted::TurnedAway => continue,
+            LoopAccepted::Empty => return false,
+            LoopAccepted::BackOff => return true,
+        }
+    }
+    false
 }
 
 /// One connection's share of a turn: its deadlines, then write() what is queued, then

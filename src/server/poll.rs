@@ -26,17 +26,13 @@ use std::time::Instant;
 use polling::{Event, Events, Poller};
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers, ACCEPT_BATCH};
 use super::{Acceptor, Server, Stats, EMFILE_BACKOFF};
 use crate::event::Kind;
 use crate::note;
 
 /// The listener's key in the poller; connections use 1, 2, … (see [`Slots`]).
 const LISTENER: usize = 0;
-
-/// At most this many accept() calls per wake-up: a flood of connections must not starve
-/// the connections already being served.
-const ACCEPT_BATCH: usize = 128;
 
 pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
     listener.set_nonblocking(true)?;

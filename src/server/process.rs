@@ -23,7 +23,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,12 +107,17 @@ fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
             die_with_parent(parent)
         });
     }
-    let child = command.spawn().context("cannot start a child process")?;
+    // The child's stdin is a pipe from us: it waits for its end (EOF) before it serves, so
+    // our `spawn` event is printed before anything the child prints (both write to one stdout).
+    command.stdin(Stdio::piped());
+    let mut child = command.spawn().context("cannot start a child process")?;
     server.out.emit(
         conn.event(Kind::Spawn)
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
+    server.out.flush();
+    drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
 }
 
@@ -223,6 +228,7 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
+    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -231,7 +237,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let server = Server {
         config,
         out: Output::new(Role::Server, Some(Mode::Process.name()), &serve.output)
-            .quiet(serve.quiet),
+            .quiet(serve.quiet)
+            .shedding(),
         stop: Stop::default(),
         stats: Stats::default(),
     };
@@ -240,13 +247,31 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
     let conn = Connection::new(args.conn, stream);
-    match echo::serve(conn, &server) {
+    let ending = echo::serve(conn, &server);
+    // Within the parent's CHILD_GRACE, even when stdout is not read.
+    server.out.finish(CHILD_GRACE / 2);
+    match ending {
         Ending::Finished => Ok(()),
         Ending::Crashed(_still_open) => {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
-            server.out.flush();
             std::process::exit(CRASH_STATUS);
+        }
+    }
+}
+
+/// Our stdin is a pipe from the parent, which closes it once it has printed our `spawn`
+/// event: read it to its end, so none of our events can be printed before that one. (If the
+/// parent dies first, its end closes too: EOF all the same.)
+fn wait_for_the_parents_spawn_event() {
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match std::io::Read::read(&mut stdin, &mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return, // no stdin to wait on: nothing to order against
         }
     }
 }

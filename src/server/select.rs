@@ -26,13 +26,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use super::echo::READ_BUF;
-use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers};
+use super::event_loop::{self, End, LoopAccepted, LoopConn, Slots, Step, Timers, ACCEPT_BATCH};
 use super::{Acceptor, Server, Stats, EMFILE_BACKOFF, TICK};
 use crate::event::Kind;
 use crate::note;
-
-/// At most this many accept() calls per wake-up, so a flood does not starve the others.
-const ACCEPT_BATCH: usize = 128;
 
 /// The size of an fd_set: descriptors 0 … FD_SETSIZE-1 fit, no others.
 const FD_SETSIZE: RawFd = libc::FD_SETSIZE as RawFd;
@@ -226,6 +223,7 @@ fn too_high(lc: LoopConn, fd: RawFd, server: &Server) {
     let event = lc.conn.event(Kind::Limit).detail(format!(
         "fd {fd} >= FD_SETSIZE ({FD_SETSIZE}): select() cannot watch it"
     ));
-    server.out.emit(event.note(note::SELECT_LIMIT));
-    event_loop::finish(lc, End::Dead, server); // close(): the FIN
+    // close(): the FIN follows the message (an RST if the peer had spoken first)
+    super::echo::close_reporting(lc.conn, server, event, note::SELECT_LIMIT);
+    server.finished();
 }

@@ -366,3 +366,99 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
+
+/// A peer that sends and never reads (`while 1: s.sendall(b'x' * 65536)`), on its own
+/// thread until the connection dies or the returned flag is set. The join handle gives the
+/// bytes it sent and the error that ended it (None: stopped by the flag).
+pub fn flood(
+    stream: TcpStream,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread::JoinHandle<(u64, Option<std::io::Error>)>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop_seen = std::sync::Arc::clone(&stop);
+    let handle = thread::spawn(move || {
+        let mut stream = stream;
+        stream
+            .set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let chunk = vec![b'x'; 65536];
+        let mut sent = 0u64;
+        while !stop_seen.load(Ordering::Relaxed) {
+            match stream.write(&chunk) {
+                Ok(n) => sent += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return (sent, Some(e)),
+            }
+        }
+        (sent, None)
+    });
+    (stop, handle)
+}
+
+/// A TcpExt counter of /proc/net/netstat (this network namespace), e.g. `TCPAbortOnClose`:
+/// how many times a close() with unread data made the kernel send an RST.
+pub fn tcp_ext(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no TcpExt {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Read until the end of the stream: Ok(bytes) after the peer's FIN, or the error that
+/// ended it (ECONNRESET after an RST), with the bytes read before it.
+pub fn read_to_end_or_error(stream: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// Stop a process (SIGSTOP) until the guard is dropped (SIGCONT): connections made meanwhile
+/// wait in the kernel's accept queue, with whatever they sent, as under a busy server.
+pub struct Paused(pub u32);
+
+impl Paused {
+    pub fn new(pid: u32) -> Paused {
+        // SAFETY: kill(2) on a child of this test.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) }, 0);
+        Paused(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// Can this process capture packets (root, or CAP_NET_RAW)? `--wire` needs it; a test that
+/// needs a capture skips without it only when the env var CI is unset (CI runs as root).
+pub fn can_capture() -> bool {
+    // SAFETY: socket(2) and close(2) on a descriptor we own; protocol 0 receives nothing.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return false;
+        }
+        libc::close(fd);
+    }
+    true
+}
