@@ -377,6 +377,9 @@ pub struct ServeChildArgs {
     /// The connection number the parent gave it.
     #[arg(long)]
     pub conn: u64,
+    /// The write end of a pipe to the parent: the child's counts go there when it ends.
+    #[arg(long)]
+    pub report_fd: Option<i32>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }

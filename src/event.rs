@@ -482,6 +482,8 @@ struct Queue {
     dropped: u64,
     /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
     failed: bool,
+    /// A wait for the queue to be written ran out: nobody waits again until a batch is out.
+    stuck: bool,
 }
 
 /// The most event text a server holds for a slow stdout: memory stays bounded.
@@ -551,6 +553,7 @@ impl Shedding {
             let mut queue = self.lock();
             queue.writing = false;
             queue.in_flight = 0;
+            queue.stuck = false;
             if written.is_err() {
                 queue.failed = true;
                 queue.dropped += events;
@@ -559,9 +562,10 @@ impl Shedding {
         }
     }
 
-    /// Wait up to `limit` for the queue to be written out; the events still unwritten
-    /// then, plus those dropped before, are lost.
-    fn finish(&self, limit: Duration) -> (u64, bool) {
+    /// Wait up to `limit` for the queue to be written out. Returns the lock, and whether
+    /// it was. A wait that ran out marks stdout as stuck; the writer clears the mark when
+    /// it gets a batch out.
+    fn wait_written(&self, limit: Duration) -> (std::sync::MutexGuard<'_, Queue>, bool) {
         let deadline = Instant::now() + limit;
         let mut queue = self.lock();
         queue.ready = true;
@@ -569,7 +573,8 @@ impl Shedding {
         while queue.writing || !queue.bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                queue.stuck = true;
+                return (queue, false);
             }
             queue = self
                 .drained
@@ -577,6 +582,13 @@ impl Shedding {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        (queue, true)
+    }
+
+    /// Before exiting: what was dropped, plus what is still unwritten after `limit`; and
+    /// whether stdout failed (closed) rather than being slow.
+    fn finish(&self, limit: Duration) -> (u64, bool) {
+        let (queue, _) = self.wait_written(limit);
         (queue.dropped + queue.events + queue.in_flight, queue.failed)
     }
 }
@@ -636,6 +648,20 @@ impl Output {
         match &self.sink {
             Sink::Direct(_) => 0,
             Sink::Shedding(shedding) => shedding.lock().dropped,
+        }
+    }
+
+    /// Write out what is queued and wait until it is, at most `limit`: for an order between
+    /// processes that share our stdout (the process model prints a child's `spawn` before
+    /// the child prints anything). While stdout stays stuck, it does not wait again.
+    pub fn flush_and_wait(&self, limit: Duration) {
+        match &self.sink {
+            Sink::Direct(_) => self.flush(),
+            Sink::Shedding(shedding) => {
+                if !shedding.lock().stuck {
+                    let _written = shedding.wait_written(limit);
+                }
+            }
         }
     }
 
@@ -749,7 +775,7 @@ most {} KiB of events wait for it)\n",
             Some(id) => format!("{who} #{id}"),
             None => who.to_string(),
         };
-        let mut facts = text_facts(e);
+        let mut facts = text_facts(e, self.width);
         // The state stands apart from the facts, by two spaces even when it is alone.
         let first_gap = if facts.is_empty() { "  " } else { " " };
         if let Some(state) = e.tcp_state {
@@ -839,8 +865,9 @@ fn note_width() -> usize {
         .min(100)
 }
 
-/// The facts of an event for people: addresses, sizes, payload, errno, detail.
-fn text_facts(e: &Event) -> Vec<String> {
+/// The facts of an event for people: addresses, sizes, payload, errno, detail. The payload is
+/// cut to what fits on the line at `width` (JSON keeps its whole preview).
+fn text_facts(e: &Event, width: usize) -> Vec<String> {
     let mut facts = Vec::new();
     match e.kind {
         Kind::Listen => facts.extend(e.local.map(|l| format!("on {l}"))),
@@ -862,8 +889,18 @@ fn text_facts(e: &Event) -> Vec<String> {
         facts.push(format!("{bytes} bytes"));
     }
     if let Some(data) = &e.data {
-        let more = if e.data_truncated { "…" } else { "" };
-        facts.push(format!("\"{data}\"{more}"));
+        // What goes on the line besides: the facts before it, and the state after it (which
+        // moves to the next line rather than leave almost no room for the data).
+        let before: usize = facts.iter().map(|f| visible_len(f) + 2).sum();
+        let after = e.tcp_state.map_or(0, |state| state.len() + 4);
+        // (text_lines counts the gap after the label as one column more.)
+        let room = width.saturating_sub(FACTS_INDENT + 1 + before);
+        let bytes = e.bytes.unwrap_or(0);
+        let room = match room.checked_sub(after) {
+            Some(left) if left >= suffix_len(bytes) + MIN_PREVIEW => left,
+            _ => room,
+        };
+        facts.push(data_fact(data, bytes, e.data_truncated, room));
     }
     if let Some(errno) = e.errno {
         facts.push(errno.red().to_string());
@@ -900,6 +937,63 @@ fn text_facts(e: &Event) -> Vec<String> {
         facts.push(format!("{}={}", name.replace('_', " "), value));
     }
     facts
+}
+
+/// The payload for people, in quotes, within `room` columns: cut where it would not fit (or
+/// where the preview ended), and then followed by how many bytes are not shown, so a 4 KiB read
+/// is one line, not a screenful: `"\x00\x00…"… (4080 more bytes)`.
+fn data_fact(data: &str, bytes: usize, preview_cut: bool, room: usize) -> String {
+    let whole = format!("\"{data}\"");
+    if !preview_cut && whole.chars().count() <= room {
+        return whole;
+    }
+    let (shown, shown_bytes) = cut_escaped(
+        data,
+        room.saturating_sub(suffix_len(bytes)).max(MIN_PREVIEW),
+    );
+    let more = bytes.saturating_sub(shown_bytes);
+    format!("\"{shown}\"… ({more} more bytes)")
+}
+
+/// The quotes and the `… (N more bytes)` of a cut payload, with the largest N it can show.
+fn suffix_len(bytes: usize) -> usize {
+    format!("\"\"… ({bytes} more bytes)").chars().count()
+}
+
+/// Never cut a payload shorter than this, however narrow the room.
+const MIN_PREVIEW: usize = 8;
+
+/// The longest start of escaped text that fits `columns` without splitting an escape (`\xNN`,
+/// `\u{…}`, `\n`), and how many of the original bytes it stands for.
+fn cut_escaped(escaped: &str, columns: usize) -> (&str, usize) {
+    let mut chars = escaped.char_indices().peekable();
+    let (mut end, mut used, mut bytes) = (0, 0, 0);
+    while let Some((at, c)) = chars.next() {
+        let (len, width, stands_for) = match (c, chars.peek().map(|&(_, next)| next)) {
+            ('\\', Some('x')) => (4, 4, 1),
+            ('\\', Some('u')) => {
+                let close = escaped[at..]
+                    .find('}')
+                    .map_or(escaped.len() - at, |i| i + 1);
+                let code = u32::from_str_radix(&escaped[at + 3..at + close - 1], 16).ok();
+                let original = code.and_then(char::from_u32).map_or(1, char::len_utf8);
+                (close, close, original)
+            }
+            ('\\', Some(_)) => (2, 2, 1),
+            (c, _) => (c.len_utf8(), 1, c.len_utf8()),
+        };
+        if used + width > columns {
+            break;
+        }
+        used += width;
+        bytes += stands_for;
+        end = at + len;
+        // Skip the rest of this escape.
+        while chars.peek().is_some_and(|&(next_at, _)| next_at < end) {
+            chars.next();
+        }
+    }
+    (&escaped[..end], bytes)
 }
 
 /// Show bytes from a peer safely: valid UTF-8 is kept, every control character and every
@@ -1098,6 +1192,48 @@ mod tests {
     #[test]
     fn visible_len_skips_colour() {
         assert_eq!(visible_len("\x1b[36m[LISTEN]\x1b[0m"), 8);
+    }
+
+    #[test]
+    fn a_payload_is_cut_to_the_line_and_says_how_much_is_left() {
+        let zeros = Event::new(Kind::Recv).payload(&[0u8; 4096]);
+        let facts = text_facts(&zeros, 100);
+        let data = &facts[1];
+        assert_eq!(
+            data,
+            &format!("\"{}\"… (4088 more bytes)", "\\x00".repeat(8))
+        );
+        assert!(FACTS_INDENT + visible_len(&facts[0]) + 2 + visible_len(data) <= 100);
+        // At 100 columns the state still fits on the line; at 80 it goes under the facts.
+        let args = OutputArgs {
+            format: Format::Text,
+            color: ColorChoice::Never,
+            no_explain: true,
+        };
+        let mut out = Output::new(Role::Server, None, &args);
+        let zeros = zeros.state(Some("ESTABLISHED"));
+        for (width, lines) in [(100, 1), (80, 2)] {
+            out.width = width;
+            let shown = out.text_lines(&zeros);
+            assert_eq!(shown.lines().count(), lines, "{shown}");
+            for line in shown.lines() {
+                assert!(visible_len(line) <= width, "{shown}");
+            }
+        }
+        // Short enough: whole, no suffix.
+        let short = Event::new(Kind::Recv).payload(b"hello\n");
+        assert_eq!(text_facts(&short, 80)[1], "\"hello\\n\"");
+        // A cut never splits an escape, and counts what each escape stands for.
+        assert_eq!(cut_escaped("ab\\x00\\u{202E}é", 5), ("ab", 2));
+        assert_eq!(cut_escaped("ab\\x00\\u{202E}é", 6), ("ab\\x00", 3));
+        assert_eq!(
+            cut_escaped("ab\\x00\\u{202E}é", 14),
+            ("ab\\x00\\u{202E}", 6)
+        );
+        assert_eq!(
+            cut_escaped("ab\\x00\\u{202E}é", 15),
+            ("ab\\x00\\u{202E}é", 8)
+        );
     }
 
     #[test]

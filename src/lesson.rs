@@ -295,11 +295,11 @@ impl Renderer {
 
     fn end(&mut self, tag: TagEnd) {
         match tag {
+            // A paragraph ends with an empty line, in a list too: a list whose items hold
+            // paragraphs (not bare text) is a loose one, its items apart.
             TagEnd::Paragraph => {
                 self.flush_paragraph();
-                if self.lists.is_empty() {
-                    self.blank();
-                }
+                self.blank();
             }
             TagEnd::Heading(level) => self.heading(level),
             TagEnd::CodeBlock => self.code_block(),

@@ -104,6 +104,14 @@ fn fds(server: &Proc) -> usize {
     open_descriptors(server.child.id())
 }
 
+/// The server's descriptors once it is serving: after one connection has come and gone
+/// (the listen event comes before the loops open their poller's descriptors).
+fn baseline_fds(server: &mut Proc, mode: &str, port: u16) -> usize {
+    let first = still_echoes(server, port);
+    wait_ended(server, mode, first as usize);
+    fds(server)
+}
+
 /// SIGINT, then exit 0 with a summary, within a bound. Returns the summary.
 fn stop(server: &mut Proc) -> Value {
     let asked = Instant::now();
@@ -133,7 +141,7 @@ fn rst_storm_of_2000_abrupt_peers_half_before_accept(mode: &str) {
     raise_open_files_limit();
     let half = scaled(mode, 1000, 150, 1000);
     let (mut server, port) = server(mode, &["--quiet", "--no-explain", "--backlog", "2048"]);
-    let baseline = fds(&server);
+    let baseline = baseline_fds(&mut server, mode, port);
     {
         let _paused = Paused::new(server.child.id());
         for _ in 0..half {
@@ -161,7 +169,7 @@ fn rst_storm_of_2000_abrupt_peers_half_before_accept(mode: &str) {
     eprintln!(
         "{mode}: RST storm of {} peers: {} accepted, {resets} reset events, fds {baseline} → {after}",
         2 * half,
-        last - 1
+        last - 2
     );
 }
 
@@ -263,7 +271,7 @@ fn open_files_limit_64_with_200_peers(mode: &str) {
     let (mut server, port) =
         server_with_fd_limit(mode, 64, &["--quiet", "--no-explain", "--backlog", "512"]);
     let pid = server.child.id();
-    let baseline = fds(&server);
+    let baseline = baseline_fds(&mut server, mode, port);
     let peers: Vec<TcpStream> = (0..200).map(|_| raw_peer(port)).collect();
     if matches!(mode, "threaded" | "nonblocking" | "select" | "poll") {
         server.expect_where("error", |e| e["errno"] == "EMFILE");
@@ -449,6 +457,7 @@ fn five_thousand_sequential_connections(mode: &str) {
     );
     let summary = stop(&mut server);
     assert_eq!(summary["stats"]["connections"], n, "{summary}");
+    assert_eq!(summary["stats"]["finished"], n, "{summary}");
     eprintln!(
         "{mode}: {n} sequential connections, {:.0}/s: fds {fds_before} → {fds_after}, RSS {rss_before} → {rss_after} kB",
         (n - warm) as f64 / took.as_secs_f64()

@@ -766,3 +766,360 @@ fn lesson_00_the_listen_event_gives_the_servers_own_pid() {
         "{first_line}"
     );
 }
+
+/// Lesson 10: the bye word is matched per read. `xx`, then (after its echo) `Bye\n` closes the
+/// connection; `xxBye\n` in one write is echoed.
+#[test]
+fn lesson_10_the_bye_word_is_matched_per_read() {
+    let (_server, port) = common::server("poll", &[]);
+    let port = port.to_string();
+    let mut split = common::Proc::spawn(&["client", "--port", &port]);
+    split.expect("connect");
+    split.write_stdin(b"xx");
+    split.expect_where("recv", |e| e["data"] == "xx"); // its own read, echoed
+    split.write_stdin(b"Bye\n");
+    split.expect("eof"); // the server closed on a read that was `Bye\n`
+    assert!(split.wait_exit().success(), "{}", split.history());
+
+    let mut whole = common::Proc::spawn(&["client", "--port", &port]);
+    whole.expect("connect");
+    whole.write_stdin(b"xxBye\n");
+    whole.expect_where("recv", |e| e["data"] == "xxBye\\n"); // one line, `xxBye`: echoed
+    whole.close_stdin();
+    whole.expect("close");
+    assert!(whole.wait_exit().success(), "{}", whole.history());
+    assert!(
+        whole.position("eof", None).is_none(),
+        "the server closed on `xxBye`: {}",
+        whole.history()
+    );
+}
+
+/// Lesson 10, "Things to try": a 4 KiB read is one line of text at 80 or 100 columns, cut with
+/// how many bytes were left out; JSON keeps its preview.
+#[test]
+fn lesson_10_a_big_read_is_cut_to_the_line_and_says_what_it_left_out() {
+    let (_server, port) = common::server("poll", &[]);
+    let mut client = Command::new(BIN)
+        .args(["client", "--port", &port.to_string(), "--color", "never"])
+        .args(["--no-explain"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a text client");
+    {
+        use std::io::Write;
+        let mut stdin = client.stdin.take().unwrap();
+        stdin.write_all(&[0u8; 4096]).unwrap();
+    } // end of input: the client closes after the echo
+    let output = client.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let sends: Vec<&str> = text.lines().filter(|l| l.contains(" send ")).collect();
+    assert!(!sends.is_empty(), "{text}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100: {line}");
+    }
+    assert!(
+        sends[0].contains("4096 bytes  \"\\x00\\x00") && sends[0].contains("more bytes)"),
+        "{text}"
+    );
+}
+
+/// Lesson 2: the process model's summary counts what its children did (their reports come
+/// back through a pipe), so every mode's summary has the same fields and the same figures.
+#[test]
+fn lesson_02_every_modes_summary_counts_messages_bytes_and_resets_children_included() {
+    for mode in common::MODES {
+        let (mut server, port) = common::server(mode, &["--exit-after", "2"]);
+        let mut three = common::client(port, &["--count", "3"]);
+        assert!(three.wait_exit().success(), "{mode}: {}", three.history());
+        let mut aborting = common::client(port, &["--send", "hello", "--abort"]);
+        aborting.expect("recv");
+        assert!(
+            aborting.wait_exit().success(),
+            "{mode}: {}",
+            aborting.history()
+        );
+        let summary = server.expect("summary");
+        let stats = &summary["stats"];
+        for (name, want) in [
+            ("connections", 2),
+            ("finished", 2),
+            ("messages", 4),
+            ("bytes_echoed", 36),
+            ("resets", 1),
+            ("turned_away", 0),
+        ] {
+            assert_eq!(stats[name], want, "{mode}: {name} in {summary}");
+        }
+        assert!(server.wait_exit().success());
+    }
+}
+
+/// Lesson 2, "What a child inherits": the child holds one socket (the connection, not the
+/// listener) and the write end of the report pipe whose two ends the parent keeps.
+#[test]
+fn lesson_02_a_child_inherits_its_connection_and_the_report_pipe_only() {
+    let (mut server, port) = common::server("process", &[]);
+    let parent = server.child.id();
+    let mut peer = common::raw_peer(port);
+    let spawn = server.expect_conn("spawn", 1);
+    let child: u32 = spawn["detail"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("child pid "))
+        .and_then(|pid| pid.parse().ok())
+        .expect("the spawn event names the child's pid");
+    {
+        use std::io::Write;
+        peer.write_all(b"hi").unwrap();
+    }
+    assert_eq!(common::read_exactly(&mut peer, 2), b"hi"); // the child is serving
+    let targets = |pid: u32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read /proc/PID/fd")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .collect()
+    };
+    let (in_parent, in_child) = (targets(parent), targets(child));
+    let sockets: Vec<&String> = in_child
+        .iter()
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    assert_eq!(sockets.len(), 1, "the child holds one socket: {in_child:?}");
+    assert!(
+        !in_parent.contains(sockets[0]),
+        "the parent closed its copy of the connection: {in_parent:?}"
+    );
+    let pipes: Vec<&String> = in_child
+        .iter()
+        .filter(|t| t.starts_with("pipe:") && in_parent.iter().filter(|p| p == t).count() == 2)
+        .collect();
+    assert_eq!(
+        pipes.len(),
+        1,
+        "one pipe shared with the parent, which holds both ends: child {in_child:?}, parent {in_parent:?}"
+    );
+}
+
+/// README and lesson 0 say one thing about macOS: tested on Linux only, macOS untested, and the
+/// same table of Linux-only tools with their macOS equivalents.
+#[test]
+fn readme_and_lesson_00_say_the_same_about_macos() {
+    let readme = include_str!("../README.md");
+    let lesson = LESSONS[0].text;
+    let table = |text: &str| -> Vec<String> {
+        let start = text
+            .find("| Linux | macOS |")
+            .expect("the table of equivalents");
+        text[start..]
+            .lines()
+            .take_while(|line| line.starts_with('|'))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(table(readme), table(lesson));
+    assert!(table(lesson).len() >= 6);
+    for text in [readme, lesson] {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("tested only on Linux"), "{flat}");
+        assert!(flat.contains("macOS is untested"), "{flat}");
+    }
+}
+
+/// A packet capture on `lo` for one port (tcpdump, as the lessons type it), ready when it
+/// returns. None when capturing is not possible here (not root, and not in CI).
+struct Capture {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Capture {
+    fn start(port: u16) -> Option<Capture> {
+        use std::io::BufRead;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root && std::env::var_os("CI").is_none() {
+            eprintln!("skipped: capturing packets needs root");
+            return None;
+        }
+        let mut child = Command::new("tcpdump")
+            .args(["-i", "lo", "-nn", "-l", &format!("tcp port {port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (installed where packets are captured)");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("listening on") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready
+            .recv_timeout(common::WAIT)
+            .expect("tcpdump never said it was listening");
+        Some(Capture { child, lines })
+    }
+
+    /// The packets' (source port, flags), `count` of them: from the next FIN on when
+    /// `from_fin`, else from the next packet.
+    fn packets(&self, count: usize, from_fin: bool) -> Vec<(u16, String)> {
+        let mut found = Vec::new();
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while found.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("only these packets of the close were captured: {found:?}");
+            };
+            // `… IP 127.0.0.1.38338 > 127.0.0.1.7788: Flags [F.], seq 7, …`
+            let Some(from) = line.split(" IP ").nth(1).and_then(|r| r.split(' ').next()) else {
+                continue;
+            };
+            let port = from
+                .rsplit('.')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let Some(flags) = line
+                .split("Flags [")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+            else {
+                continue;
+            };
+            if from_fin && found.is_empty() && !flags.contains('F') {
+                continue; // before the close
+            }
+            found.push((port, flags.to_string()));
+        }
+        found
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lesson 6, "Watch the packets: three or four". A peer that waits a second before closing
+/// after the server's FIN: four packets (the FIN's ACK goes out alone). `tcp-lab client`, which
+/// closes first, against a server that closes at once: the server's FIN acknowledges the
+/// client's (three packets; four only if the server took longer than the delayed ACK).
+#[test]
+fn lesson_06_a_close_is_three_packets_or_four() {
+    use std::io::{Read, Write};
+    let (_server, port) = common::server("poll", &[]);
+    let Some(capture) = Capture::start(port) else {
+        return;
+    };
+    // The slow peer of the lesson: Bye, the server's FIN, a second, then our close.
+    let mut slow = common::raw_peer(port);
+    let slow_port = slow.local_addr().unwrap().port();
+    slow.write_all(b"Bye\n").unwrap();
+    assert_eq!(slow.read(&mut [0; 16]).unwrap(), 0, "the server's FIN");
+    thread::sleep(Duration::from_secs(1)); // what the lesson's peer does, not a wait for an event
+    drop(slow);
+    let four = capture.packets(4, true);
+    let want = [
+        (port, "F."),
+        (slow_port, "."),
+        (slow_port, "F."),
+        (port, "."),
+    ];
+    let four: Vec<(u16, &str)> = four.iter().map(|(p, f)| (*p, f.as_str())).collect();
+    assert_eq!(four, want, "FIN, its ACK alone, FIN, ACK");
+
+    // `tcp-lab client --send hello`: it closes first, the server closes at once.
+    let mut client = common::client(port, &["--send", "hello"]);
+    assert!(client.wait_exit().success());
+    let close = capture.packets(3, true);
+    assert_eq!(close[0].1, "F.", "{close:?}");
+    let client_port = close[0].0;
+    assert_ne!(client_port, port);
+    match close[1] {
+        // Three packets: the server's FIN carries the ACK of the client's.
+        (from, ref flags) if from == port && flags == "F." => {
+            assert_eq!(close[2], (client_port, ".".to_string()), "{close:?}")
+        }
+        // Four: the server's delayed ACK ran out before it closed.
+        (from, ref flags) if from == port && flags == "." => {
+            let last = capture.packets(1, false);
+            assert_eq!(close[2], (port, "F.".to_string()), "{close:?}");
+            assert_eq!(last, [(client_port, ".".to_string())], "{close:?} {last:?}");
+        }
+        _ => panic!("not a close: {close:?}"),
+    }
+}
+
+/// Lesson 9: against `serve --crash-after 2`, the interactive client reports the server's FIN
+/// at once, with nothing typed, and exits 0: no write into a dead connection, no RST.
+#[test]
+fn lesson_09_the_interactive_client_sees_the_fin_while_nobody_types() {
+    let (_server, port) = common::server("poll", &["--crash-after", "2"]);
+    let mut client = common::Proc::spawn(&["client", "--port", &port.to_string()]);
+    client.expect("connect");
+    client.write_stdin(b"one\n");
+    client.expect_where("recv", |e| e["data"] == "one\\n");
+    client.write_stdin(b"two\n");
+    client.expect_where("recv", |e| e["data"] == "two\\n");
+    let eof = client.expect("eof"); // stdin still open: nothing more was typed
+    assert_eq!(eof["tcp_state"], "CLOSE_WAIT");
+    assert!(client.wait_exit().success(), "{}", client.history());
+    for kind in ["reset", "broken_pipe"] {
+        assert!(
+            client.position(kind, None).is_none(),
+            "{}",
+            client.history()
+        );
+    }
+}
+
+/// Lesson 3: `serve --mode threaded --crash-after 1` and `client --count 2`. The thread's
+/// panic ends its connection only: the client reads the FIN (exit 0) or, when `message 2` was
+/// left unread, gets the RST (exit 1); the server serves the next client all the same.
+#[test]
+fn lesson_03_a_panicking_thread_ends_one_connection_with_a_fin_or_an_rst() {
+    let (mut server, port) = common::server("threaded", &["--crash-after", "1"]);
+    for conn in 1..=3u64 {
+        let mut client = common::client(port, &["--count", "2"]);
+        let status = client.wait_exit();
+        let ended_by_fin = client.position("eof", None).is_some();
+        let reset = client.seen.iter().find(|e| e["kind"] == "reset").cloned();
+        match (ended_by_fin, reset) {
+            (true, None) => assert!(status.success(), "{}", client.history()),
+            (false, Some(reset)) => {
+                assert_eq!(reset["errno"], "ECONNRESET");
+                assert_eq!(status.code(), Some(1));
+            }
+            _ => panic!("neither a FIN nor an RST: {}", client.history()),
+        }
+        let exit = server.expect_where("exit", |e| e["conn"] == conn);
+        assert!(
+            exit["detail"].as_str().unwrap_or("").contains("panicked"),
+            "{exit}"
+        );
+    }
+}

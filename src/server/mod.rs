@@ -382,6 +382,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // The process model's report pipe, before the listen event too: from that event on, the
+    // server's descriptors are its listener and its connections only.
+    let reports = (args.mode == Mode::Process && args.app == App::Echo).then(process::report_pipe);
     // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
     let local = listener.local_addr().unwrap_or(addr);
     let _wire =
@@ -397,7 +400,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     server.out.flush(); // a script waits for this line to learn the port
 
     let served = match args.app {
-        App::Echo => run_echo(&listener, &server, args),
+        App::Echo => run_echo(&listener, &server, args, reports),
         App::Chat => chat::run(&listener, &server),
         App::Talk => talk::run(&listener, &server),
     };
@@ -413,7 +416,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 /// The echo server, in the mode the learner picked.
-fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> Result<()> {
+fn run_echo(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    args: &ServeArgs,
+    reports: Option<Result<process::Reports>>,
+) -> Result<()> {
     match args.mode {
         Mode::Blocking => {
             blocking::run(listener, server);
@@ -424,7 +432,7 @@ fn run_echo(listener: &TcpListener, server: &Arc<Server>, args: &ServeArgs) -> R
             Ok(())
         }
         Mode::Process => {
-            process::run(listener, server, args.parent_keeps_fd);
+            process::run(listener, server, args.parent_keeps_fd, reports);
             Ok(())
         }
         Mode::Nonblocking => {
@@ -514,7 +522,32 @@ fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
         }
         server.stop.request();
     })
-    .context("cannot install the Ctrl-C handler")
+    .context("cannot install the Ctrl-C handler")?;
+    // A process-model child starts with these signals blocked (see block_stop_signals):
+    // one sent before the handler existed waits, and is delivered to the handler now.
+    set_stop_signals(libc::SIG_UNBLOCK).context("cannot unblock SIGINT and SIGTERM")
+}
+
+/// Block SIGINT and SIGTERM in a process-model child from before it is exec'd until its
+/// handler is installed: otherwise a stop in that moment kills it outright, without the
+/// close and the event its connection is owed. Async-signal-safe (it runs in pre_exec).
+pub(crate) fn block_stop_signals() -> io::Result<()> {
+    set_stop_signals(libc::SIG_BLOCK)
+}
+
+fn set_stop_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigemptyset, sigaddset and sigprocmask only touch the set we pass and this
+    // thread's signal mask; all three are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(how, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Connections the kernel finished but nobody accepted yet would get an RST when the
@@ -577,15 +610,12 @@ fn emit_summary(server: &Server) {
     let stats = &server.stats;
     let mut summary = Event::new(Kind::Summary)
         .stat("connections", Stats::get(&stats.accepted))
-        .stat("finished", Stats::get(&stats.finished));
-    // In the process model the children count messages, in memory the parent cannot see.
-    if server.config.mode != Mode::Process {
-        summary = summary
-            .stat("messages", Stats::get(&stats.messages))
-            .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
-            .stat("resets", Stats::get(&stats.resets));
-    }
-    summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
+        .stat("finished", Stats::get(&stats.finished))
+        // In the process model the children count these; their reports add them up here.
+        .stat("messages", Stats::get(&stats.messages))
+        .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
+        .stat("resets", Stats::get(&stats.resets))
+        .stat("turned_away", Stats::get(&stats.turned_away));
     // The event loops' cost: how often they went round, how many calls found nothing, and
     // the CPU time the whole process used.
     if matches!(
