@@ -3,9 +3,10 @@
 //! Every doc comment here is the `--help` text a learner reads, so it says what an option
 //! *shows*, not only what it does.
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::event::{ColorChoice, OutputArgs};
+use crate::event::{ColorChoice, Format, OutputArgs};
 
 /// Watch TCP servers work: echo servers in five concurrency models, a client, and every
 /// socket call printed as an annotated event with the kernel's TCP state.
@@ -55,6 +56,14 @@ pub enum Command {
         tcp-lab lesson resets          # a lesson by name\n  \
         tcp-lab lesson 6 | less -R     # page through one")]
     Lesson(LessonArgs),
+    /// Measure the models side by side on this machine: messages per second, latency, the
+    /// server's CPU per message, memory, threads and processes.
+    #[command(after_help = "Examples:\n  \
+        tcp-lab bench                                        # every mode at 1, 50, 1,000 connections\n  \
+        tcp-lab bench --modes select,poll --idle 0,1000      # the cost of idle connections\n  \
+        tcp-lab bench --against 127.0.0.1:8000 --conns 1,10  # your own echo server\n  \
+        tcp-lab bench --format json --plot bench.svg         # figures for a script, and a chart")]
+    Bench(BenchArgs),
     /// Print a shell completion script: `tcp-lab completions bash > ~/.tcp-lab.bash`.
     Completions(CompletionsArgs),
     /// Internal: the process model's child, serving one inherited connection.
@@ -166,9 +175,16 @@ pub struct ServeArgs {
     /// After N messages close with SO_LINGER 0, which sends an RST.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub reset_after: Option<u64>,
-    /// Stop after N connections have finished.
+    /// Stop after N connections have finished. The listening socket is closed as soon as
+    /// the Nth is accepted (no later one would be served): a late client is refused at once
+    /// (SYN answered by RST) instead of waiting in the backlog to be reset when we exit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub exit_after: Option<u64>,
+    /// After N connections are accepted, close the listening socket and serve on (seed 003):
+    /// the connections already accepted go on; a new client's SYN is answered by an RST
+    /// (ECONNREFUSED).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_listener_after: Option<u64>,
     /// Above N open connections, tell a newcomer `server full` and close it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,
@@ -179,6 +195,11 @@ pub struct ServeArgs {
     /// server closed first, bind() fails EADDRINUSE while that TIME_WAIT lasts (~60 s).
     #[arg(long)]
     pub no_reuseaddr: bool,
+    /// Show payloads decoded from this encoding (gbk, gb18030, big5, shift_jis, utf-8, …):
+    /// a Chinese Windows peer (seed 003) sends GBK, which is not UTF-8. Bytes that do not
+    /// decode are still shown escaped (\xNN); what is echoed is never changed.
+    #[arg(long, value_name = "ENCODING", value_parser = encoding)]
+    pub decode: Option<&'static encoding_rs::Encoding>,
     /// Lifecycle events only: no per-message recv/send events (for load).
     #[arg(long)]
     pub quiet: bool,
@@ -229,6 +250,10 @@ pub struct ClientArgs {
     /// connect() waits in SYN_SENT until this timeout ends it (exit status 1).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = positive_seconds)]
     pub connect_timeout: f64,
+    /// Show payloads decoded from this encoding (gbk, big5, shift_jis, utf-8, …); bytes
+    /// that do not decode are still shown escaped (\xNN). What is sent is never changed.
+    #[arg(long, value_name = "ENCODING", value_parser = encoding)]
+    pub decode: Option<&'static encoding_rs::Encoding>,
     /// Label this client's events (the text's who column, JSON field `name`), so two
     /// clients printing to one terminal can be told apart. 1 to 10 letters, digits, - or _.
     #[arg(long, value_name = "NAME", value_parser = client_name)]
@@ -294,6 +319,69 @@ pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The modes to measure: `all`, or a comma-separated list (`select,poll`).
+    #[arg(long, default_value = "all", value_parser = modes, conflicts_with = "against")]
+    pub modes: Modes,
+    /// Connection counts, each a run: N connections, each with one message in flight.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "1,50,1000",
+          value_parser = clap::value_parser!(u32).range(1..=20_000).map(|n| n as usize))]
+    pub conns: Vec<usize>,
+    /// Idle connections opened beside the active ones (a list makes one run per value):
+    /// they cost select() and the busy loop on every turn, epoll nothing.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "0",
+          value_parser = clap::value_parser!(u32).range(0..=20_000).map(|n| n as usize))]
+    pub idle: Vec<usize>,
+    /// Bytes per message.
+    #[arg(long, value_name = "B", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|n| n as usize))]
+    pub size: usize,
+    /// Seconds each run is measured (after its warm-up).
+    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = bench_seconds)]
+    pub secs: f64,
+    /// Measure this echo server instead of tcp-lab's (your own, e.g. the seeds' Python one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub against: Option<String>,
+    /// Print a table for people (text) or one JSON object per run (json).
+    #[arg(long, value_enum, default_value_t = Format::Text, hide_possible_values = true)]
+    pub format: Format,
+    /// Also draw messages/s and CPU per message as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// The modes `tcp-lab bench` measures, in the course's order.
+#[derive(Debug, Clone)]
+pub struct Modes(pub Vec<Mode>);
+
+/// `all`, or a comma-separated list of modes.
+fn modes(text: &str) -> Result<Modes, String> {
+    if text == "all" {
+        return Ok(Modes(Mode::value_variants().to_vec()));
+    }
+    let mut list = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let mode = Mode::from_str(name, true).map_err(|_| {
+            let names: Vec<&str> = Mode::value_variants().iter().map(|m| m.name()).collect();
+            format!("no mode {name:?}; give all, or some of {}", names.join(","))
+        })?;
+        if !list.contains(&mode) {
+            list.push(mode);
+        }
+    }
+    Ok(Modes(list))
+}
+
+/// Seconds a bench run is measured: 0.1 to 600.
+fn bench_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("must be between 0.1 and 600 seconds".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What the process model's parent tells the child it re-executes.
@@ -388,4 +476,11 @@ fn client_name(text: &str) -> Result<String, String> {
     } else {
         Err("1 to 10 letters, digits, - or _ (it labels the who column)".into())
     }
+}
+
+/// `--decode`: an encoding by any of its WHATWG labels (`gbk`, `GB2312`, `utf-8`, `big5`, …).
+fn encoding(text: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(text.trim().as_bytes()).ok_or_else(|| {
+        format!("unknown encoding {text:?}; try gbk, gb18030, big5, shift_jis, euc-kr or utf-8")
+    })
 }

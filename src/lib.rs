@@ -22,6 +22,7 @@
 //! | [`tcp_state`] | the kernel's TCP state of a socket (TCP_INFO) | 06 |
 //! | [`event`] | how events are printed (text or JSON) and how peer bytes are escaped | 00 |
 //! | [`demo`] | one phenomenon on purpose: real processes, one ladder diagram, checked | all |
+//! | [`bench`] | every model measured on this machine: msgs/s, latency, CPU per message | 13 |
 //! | [`cli`] | the command line | 00 |
 //! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
 //! | [`wire`] | `--wire`: the packets on `lo`, captured and put on the calls' timeline | 00, 06, 07 |
@@ -37,6 +38,7 @@ compile_error!(
      inherited descriptor. On Windows, use WSL."
 );
 
+pub mod bench;
 pub mod chat;
 pub mod cli;
 pub mod client;
@@ -136,10 +138,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 command().error(usage, why).exit(); // exit 2, as for any usage error
             }
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             server::run(&args)
         }
         Command::Client(args) => {
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             client::run(&args)
         }
         Command::Demo(args) => {
@@ -150,12 +154,14 @@ pub fn run(cli: Cli) -> Result<()> {
             event::set_color(args.color);
             lesson::run(&args)
         }
+        Command::Bench(args) => bench::run(&args),
         Command::Completions(args) => {
             print_completions(args.shell);
             Ok(())
         }
         Command::ServeChild(args) => {
             event::set_color(args.serve.output.color);
+            event::set_decode(args.serve.decode);
             server::process::run_child(&args)
         }
     }

@@ -36,8 +36,8 @@ use super::chat::{
 use super::{echo, Acceptor, Connection, Server, Stats, TICK};
 use crate::chat::{Chat, Happening, LineFramer, MemberId, Outbox, Why};
 use crate::event::{Event, Kind};
-use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
+use crate::{note, tcp_state};
 
 /// Everything the member threads share, behind one lock.
 #[derive(Default)]
@@ -59,9 +59,6 @@ struct Queue {
     /// Bytes the writer took and is writing right now (they count towards the limit).
     in_flight: usize,
     state: State,
-    /// The writer met the peer's RST. The kernel reports an RST once, to whichever call
-    /// comes first: the reader's next read() then returns 0, as if it were a FIN.
-    reset: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +103,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) -> Result<()> {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         let id = conn.id;
         let spawned = conn
             .event(Kind::Spawn)
@@ -219,8 +218,13 @@ fn read_lines(
         }
         let n = match outcome::classify_read((&conn.stream).read(&mut buf)) {
             ReadOutcome::Data(n) => n,
-            // The writer thread already met (and reported) the RST: this 0 is not a FIN.
-            ReadOutcome::Eof if mailbox.was_reset() => {
+            // The first call after an RST fails ECONNRESET, whichever it is: if this
+            // member's writer thread made it, our read only returns 0. The kernel's state
+            // tells them apart: CLOSE after an RST, CLOSE_WAIT after a FIN.
+            ReadOutcome::Eof if tcp_state::of(&conn.stream) == Some("CLOSE") => {
+                server
+                    .out
+                    .emit(conn.event(Kind::Eof).note(note::EOF_AFTER_RESET));
                 leave(rooms, id, Why::Reset, server);
                 return Ending::Dead;
             }
@@ -341,10 +345,6 @@ impl Mailbox {
         self.lock().state
     }
 
-    fn was_reset(&self) -> bool {
-        self.lock().reset
-    }
-
     fn set_state(&self, state: State) {
         let mut queue = self.lock();
         if queue.state == State::Open || state == State::Dropped {
@@ -435,7 +435,6 @@ fn write_mailbox(conn: &Connection, mailbox: &Mailbox, server: &Server) {
                 }
                 WriteOutcome::Reset => {
                     echo::report_reset(conn, server, "write()");
-                    mailbox.lock().reset = true;
                     return mailbox.set_state(State::Broken);
                 }
                 WriteOutcome::Failed(e) => {

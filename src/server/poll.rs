@@ -74,7 +74,7 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
                 let (acceptor, conns, timers) = (&mut acceptor, &mut conns, &mut timers);
                 if accept_some(listener, &poller, acceptor, conns, timers, server) {
                     listener_paused_until = Some(now + EMFILE_BACKOFF);
-                } else {
+                } else if !acceptor.listener_closed() {
                     rearm_listener(&poller, listener, server);
                 }
                 continue;
@@ -182,6 +182,12 @@ fn accept_some(
                     continue;
                 }
                 timers.schedule(key, lc, server); // --idle-timeout counts from now
+                                                  // --close-listener-after / --exit-after: out of the poller, then close it.
+                if acceptor.listener_close_due(server) {
+                    let _ = poller.delete(listener);
+                    acceptor.close_listener_if_due(listener, server);
+                    return false;
+                }
             }
             LoopAccepted::TurnedAway => continue,
             LoopAccepted::Empty => return false,
