@@ -650,3 +650,17 @@ fn a_crashed_child_over_unread_input_sends_what_its_note_says() {
         "process --crash-after with unread input",
     );
 }
+
+/// select-limit checks its own point on the wire: past the wall, the refusal is the only
+/// data and a FIN (not an RST) follows it.
+#[test]
+fn select_limit_checks_the_refusal_then_the_fin_on_the_wire() {
+    if !capture_required("select_limit_wire") {
+        return;
+    }
+    let detail = wire_verdict("select-limit");
+    assert!(
+        detail.contains("got the refusal as their only data, then the server's FIN and no RST"),
+        "{detail}"
+    );
+}

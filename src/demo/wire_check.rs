@@ -159,6 +159,7 @@ pub fn check(name: &str, events: &[Value]) -> Result<String> {
         "nonblocking-spin" => echoed_then_fins(&segs),
         "chat-rooms" => chat_rooms(&segs),
         "half-duplex" => half_duplex(&segs),
+        "select-limit" => select_limit(&segs),
         _ => echoed_and_closed(&segs),
     }
 }
@@ -617,6 +618,65 @@ second line for {:.0} ms",
     ))
 }
 
+/// select-limit: a connection past the wall never sends; the server's first data to it is
+/// the refusal (`server full: select() cannot watch fd N`), then its FIN — a FIN, not an
+/// RST, since nothing it sent was left unread. Those below the wall get their line back.
+fn select_limit(segs: &[Seg]) -> Result<String> {
+    let (mut turned_away, mut echoed) = (0, 0);
+    for client in clients(segs) {
+        let conn: Vec<&Seg> = segs.iter().filter(|s| s.client == client).collect();
+        if let Some(rst) = conn.iter().find(|s| !s.from_client && s.rst()) {
+            bail!(
+                "{} on a connection of select-limit: {}",
+                rst.said(),
+                seen(segs)
+            );
+        }
+        let said = conn.iter().find(|s| s.from_client && s.len > 0);
+        let answer = conn.iter().find(|s| !s.from_client && s.len > 0);
+        match (said, answer) {
+            // It spoke first: its echo must come back, as long as its line.
+            (Some(said), Some(answer)) if said.ts <= answer.ts => {
+                ensure!(
+                    answer.len == said.len,
+                    "{client} sent {} bytes and got {} back",
+                    said.len,
+                    answer.len
+                );
+                echoed += 1;
+            }
+            // Told why before it said anything: the refusal, then the server's FIN.
+            (_, Some(refusal)) => {
+                let refused = "server full: select() cannot watch fd 1024".len() as u64 + 1;
+                ensure!(
+                    (refused..refused + 4).contains(&refusal.len),
+                    "{client} was sent {} bytes first, not the refusal",
+                    refusal.len
+                );
+                ensure!(
+                    conn.iter()
+                        .any(|s| !s.from_client && s.fin() && s.ts >= refusal.ts),
+                    "{client} got the refusal but no FIN from the server after it"
+                );
+                turned_away += 1;
+            }
+            // The capture may miss a few packets among thousands: not a proof either way.
+            _ => {}
+        }
+    }
+    ensure!(
+        turned_away > 0,
+        "no connection got the refusal and a FIN on the wire: {}",
+        seen(segs)
+    );
+    Ok(format!(
+        "{} got the refusal as their only data, then the server's FIN and no RST; {} got \
+their line echoed",
+        plural(turned_away, "connection"),
+        plural(echoed, "other")
+    ))
+}
+
 /// Any other demo: a handshake, data both ways, and how each connection ended.
 fn echoed_and_closed(segs: &[Seg]) -> Result<String> {
     expect(segs, "a SYN,ACK", 0.0, |s| s.has("SYN") && s.has("ACK"))?;
@@ -712,5 +772,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not the operator's reply"), "{err}");
+    }
+
+    #[test]
+    fn select_limit_fails_when_the_refusal_is_followed_by_an_rst() {
+        let refusal = packet(0.2, "PSH,ACK", S, C, 1, 1, 43);
+        let good = run_with(vec![
+            refusal.clone(),
+            packet(0.2, "FIN,ACK", S, C, 44, 1, 0),
+        ]);
+        let bad = run_with(vec![refusal, packet(0.2, "RST,ACK", S, C, 44, 1, 0)]);
+        assert!(check("select-limit", &good).is_ok());
+        let err = check("select-limit", &bad).unwrap_err().to_string();
+        assert!(err.contains("RST"), "{err}");
     }
 }
