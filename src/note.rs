@@ -161,8 +161,8 @@ RST)";
 pub const EMFILE: &str = "accept() failed: no file descriptor left for the new socket. The \
 connection stays in the kernel's queue; we back off instead of retrying in a tight loop";
 
-pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connection with a FIN, and \
-print a summary";
+pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connection (a FIN, or an \
+RST where its bytes were left unread), and print a summary";
 
 pub const SUMMARY: &str = "what this run did";
 
