@@ -9,20 +9,24 @@
 //!
 //! Both servers are separate processes: the release `tcp-lab serve --mode poll --quiet`, and
 //! this binary re-executed as a tokio current-thread server. The load generator is the same
-//! for both: one thread of this process, its own level-triggered epoll loop, one read() and
-//! one write() per message. On two cores it runs on CPU 0 and the servers on CPU 1; the
+//! for both, and the same as `tcp-lab bench`'s: `tcp_lab::bench::load::Load`, one thread of
+//! this process in its own level-triggered poller, one read() and one write() per message. On two cores it runs on CPU 0 and the servers on CPU 1; the
 //! servers are compared in pairs of runs back to back (see `pingpong`). The servers' CPU use
 //! is printed beside each figure: a server at ~100 % of a core is the bottleneck.
 //! Results: docs/benchmarks.md.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tcp_lab::bench::load::{Close, Load};
+
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
-const MESSAGE: [u8; 64] = [b'x'; 64];
+/// Bytes per message.
+const SIZE: usize = 64;
+/// How long all the connections of a run get to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_millis(300);
 const MEASURE: Duration = Duration::from_secs(1);
 const ROUNDS: usize = 11;
@@ -136,19 +140,19 @@ impl Run {
 
 /// One run: connect, warm up, count round trips over MEASURE.
 fn measure(server: &mut Server, conns: usize) -> Run {
-    let mut load = Load::connect(server.port, conns);
-    load.run_for(WARMUP);
+    let mut load = connect(server.port, conns);
+    run_for(&mut load, WARMUP);
     let cpu_before = cpu_seconds(server.child.id());
     let load_before = thread_cpu_seconds();
     let started = Instant::now();
-    let messages = load.run_for(MEASURE);
+    let messages = run_for(&mut load, MEASURE);
     let secs = started.elapsed().as_secs_f64();
     let run = Run {
         rate: messages as f64 / secs,
         server_cpu: (cpu_seconds(server.child.id()) - cpu_before) / secs,
         load_cpu: (thread_cpu_seconds() - load_before) / secs,
     };
-    load.close();
+    load.close(Close::Abort); // no TIME_WAIT left between runs
     run
 }
 
@@ -204,9 +208,9 @@ fn median(values: Vec<f64>) -> f64 {
 fn c10k(conns: usize) {
     let mut poll = Server::start("poll", poll_command());
     let started = Instant::now();
-    let mut load = Load::connect(poll.port, conns);
+    let mut load = connect(poll.port, conns);
     let connected = started.elapsed();
-    let echoed = load.one_round();
+    let echoed = one_round(&mut load);
     let served = started.elapsed();
     let pid = poll.child.id();
     let threads = status_kb(pid, "Threads");
@@ -220,7 +224,7 @@ fn c10k(conns: usize) {
         hwm as f64 / 1024.0
     );
     assert_eq!(echoed, conns, "every connection must be served");
-    load.close();
+    load.close(Close::Abort); // no TIME_WAIT left between runs
     let summary = poll.stop();
     println!("  summary: {summary}");
 }
@@ -335,112 +339,32 @@ impl Drop for Server {
     }
 }
 
-/// The load generator: N connections in one level-triggered epoll loop, each with one
-/// 64-byte message in flight. Per message it makes one read() and one write().
-struct Load {
-    conns: Vec<TcpStream>,
-    /// Bytes of the current echo received so far, per connection.
-    got: Vec<usize>,
-    epoll: i32,
-    in_flight: bool,
-    events: Vec<libc::epoll_event>,
-    buf: Vec<u8>,
+/// N connections to the server on `port`, each to carry one SIZE-byte message at a time.
+fn connect(port: u16, conns: usize) -> Load {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let load = Load::connect(addr, conns, 0, SIZE, Instant::now() + CONNECT_WAIT)
+        .expect("the load generator");
+    assert_eq!(load.failed(), 0, "every connection must connect");
+    load
 }
 
-impl Load {
-    fn connect(port: u16, n: usize) -> Load {
-        // SAFETY (every libc call below): plain epoll syscalls on descriptors Load owns.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        assert!(epoll >= 0, "epoll_create1");
-        let mut conns = Vec::with_capacity(n);
-        for i in 0..n {
-            let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            stream.set_nodelay(true).unwrap();
-            stream.set_nonblocking(true).unwrap();
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            let fd = stream.as_raw_fd();
-            let rc = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-            assert_eq!(rc, 0, "epoll_ctl");
-            conns.push(stream);
-        }
-        Load {
-            got: vec![0; n],
-            conns,
-            epoll,
-            in_flight: false,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
-            buf: vec![0; 4096],
-        }
-    }
+/// Exchange messages for `duration`; the echoes completed. The messages in flight at the
+/// end stay in flight.
+fn run_for(load: &mut Load, duration: Duration) -> u64 {
+    let echoes = load
+        .run_until(Instant::now() + duration, &|| false)
+        .expect("the load generator");
+    assert_eq!(load.failed(), 0, "a connection failed");
+    echoes
+}
 
-    /// Put the first message in flight on every connection.
-    fn start(&mut self) {
-        if !self.in_flight {
-            for c in &mut self.conns {
-                c.write_all(&MESSAGE).expect("first message");
-            }
-            self.in_flight = true;
-        }
+/// Run until every connection has had its first echo (at most two minutes); how many had.
+fn one_round(load: &mut Load) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while load.waiting() > 0 && Instant::now() < deadline {
+        run_for(load, Duration::from_millis(100));
     }
-
-    /// Answer each complete echo with the next message until `duration` is over. Returns
-    /// the echoes completed; the messages in flight at the end stay in flight.
-    fn run_for(&mut self, duration: Duration) -> u64 {
-        self.start();
-        let end = Instant::now() + duration;
-        let mut done = 0;
-        while Instant::now() < end {
-            done += self.turn(true);
-        }
-        done
-    }
-
-    /// One message on every connection, and its echo back on every one.
-    fn one_round(&mut self) -> usize {
-        self.start();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut done = 0;
-        while done < self.conns.len() as u64 && Instant::now() < deadline {
-            done += self.turn(false);
-        }
-        done as usize
-    }
-
-    /// One epoll_wait, then one read per ready connection.
-    fn turn(&mut self, reply: bool) -> u64 {
-        let n = unsafe { libc::epoll_wait(self.epoll, self.events.as_mut_ptr(), 1024, 100) };
-        let mut done = 0;
-        for i in 0..n.max(0) as usize {
-            let idx = self.events[i].u64 as usize;
-            let read = match self.conns[idx].read(&mut self.buf) {
-                Ok(0) => panic!("the server closed connection {idx}"),
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => panic!("connection {idx}: {e}"),
-            };
-            self.got[idx] += read;
-            while self.got[idx] >= MESSAGE.len() {
-                self.got[idx] -= MESSAGE.len();
-                done += 1;
-                if reply {
-                    // 64 bytes into an empty send buffer: always taken whole.
-                    self.conns[idx].write_all(&MESSAGE).expect("next message");
-                }
-            }
-        }
-        done
-    }
-
-    /// Close every connection with an RST (SO_LINGER 0): no TIME_WAIT left between runs.
-    fn close(self) {
-        for c in &self.conns {
-            let _ = socket2::SockRef::from(c).set_linger(Some(Duration::ZERO));
-        }
-        unsafe { libc::close(self.epoll) };
-    }
+    load.served()
 }
 
 /// A minimal tokio echo server: a current-thread runtime, a task per connection, the

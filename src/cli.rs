@@ -3,9 +3,10 @@
 //! Every doc comment here is the `--help` text a learner reads, so it says what an option
 //! *shows*, not only what it does.
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::event::{ColorChoice, OutputArgs};
+use crate::event::{ColorChoice, Format, OutputArgs};
 
 /// Watch TCP servers work: echo servers in five concurrency models, a client, and every
 /// socket call printed as an annotated event with the kernel's TCP state.
@@ -53,6 +54,14 @@ pub enum Command {
         tcp-lab lesson resets          # a lesson by name\n  \
         tcp-lab lesson 6 | less -R     # page through one")]
     Lesson(LessonArgs),
+    /// Measure the models side by side on this machine: messages per second, latency, the
+    /// server's CPU per message, memory, threads and processes.
+    #[command(after_help = "Examples:\n  \
+        tcp-lab bench                                # every mode at 1, 50 and 1,000 connections\n  \
+        tcp-lab bench --modes select,poll --idle 0,1000   # the cost of idle connections\n  \
+        tcp-lab bench --against 127.0.0.1:8000 --conns 1,10  # your own echo server\n  \
+        tcp-lab bench --format json --plot bench.svg      # figures for a script, and a chart")]
+    Bench(BenchArgs),
     /// Print a shell completion script: `tcp-lab completions bash > ~/.tcp-lab.bash`.
     Completions(CompletionsArgs),
     /// Internal: the process model's child, serving one inherited connection.
@@ -219,6 +228,69 @@ pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The modes to measure: `all`, or a comma-separated list (`select,poll`).
+    #[arg(long, default_value = "all", value_parser = modes, conflicts_with = "against")]
+    pub modes: Modes,
+    /// Connection counts, each a run: N connections, each with one message in flight.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "1,50,1000",
+          value_parser = clap::value_parser!(u32).range(1..=20_000).map(|n| n as usize))]
+    pub conns: Vec<usize>,
+    /// Idle connections opened beside the active ones (a list makes one run per value):
+    /// they cost select() and the busy loop on every turn, epoll nothing.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "0",
+          value_parser = clap::value_parser!(u32).range(0..=20_000).map(|n| n as usize))]
+    pub idle: Vec<usize>,
+    /// Bytes per message.
+    #[arg(long, value_name = "B", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|n| n as usize))]
+    pub size: usize,
+    /// Seconds each run is measured (after its warm-up).
+    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = bench_seconds)]
+    pub secs: f64,
+    /// Measure this echo server instead of tcp-lab's (your own, e.g. the seeds' Python one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub against: Option<String>,
+    /// Print a table for people or one JSON object per run.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also draw messages/s and CPU per message as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// The modes `tcp-lab bench` measures, in the course's order.
+#[derive(Debug, Clone)]
+pub struct Modes(pub Vec<Mode>);
+
+/// `all`, or a comma-separated list of modes.
+fn modes(text: &str) -> Result<Modes, String> {
+    if text == "all" {
+        return Ok(Modes(Mode::value_variants().to_vec()));
+    }
+    let mut list = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let mode = Mode::from_str(name, true).map_err(|_| {
+            let names: Vec<&str> = Mode::value_variants().iter().map(|m| m.name()).collect();
+            format!("no mode {name:?}; give all, or some of {}", names.join(","))
+        })?;
+        if !list.contains(&mode) {
+            list.push(mode);
+        }
+    }
+    Ok(Modes(list))
+}
+
+/// Seconds a bench run is measured: 0.1 to 600.
+fn bench_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if (0.1..=600.0).contains(&secs) => Ok(secs),
+        Ok(_) => Err("must be between 0.1 and 600 seconds".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What the process model's parent tells the child it re-executes.

@@ -18,6 +18,7 @@
 //! | [`tcp_state`] | the kernel's TCP state of a socket (TCP_INFO) | 06 |
 //! | [`event`] | how events are printed (text or JSON) and how peer bytes are escaped | 00 |
 //! | [`demo`] | one phenomenon on purpose: real processes, one ladder diagram, checked | all |
+//! | [`bench`] | every model measured on this machine: msgs/s, latency, CPU per message | 13 |
 //! | [`cli`] | the command line | 00 |
 //! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
 //!
@@ -32,6 +33,7 @@ compile_error!(
      inherited descriptor. On Windows, use WSL."
 );
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod demo;
@@ -95,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
             event::set_color(args.color);
             lesson::run(&args)
         }
+        Command::Bench(args) => bench::run(&args),
         Command::Completions(args) => {
             print_completions(args.shell);
             Ok(())

@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 
 /// Every scenario, as `--list` must show it.
-const SCENARIOS: [&str; 18] = [
+const SCENARIOS: [&str; 19] = [
     "blocking-backlog",
     "backlog-full",
     "process-per-client",
@@ -30,6 +30,7 @@ const SCENARIOS: [&str; 18] = [
     "half-close",
     "multiplexed-client",
     "byte-stream",
+    "select-limit",
 ];
 
 /// A demo must finish within 10 s (alone it takes at most 2); this bounds a hung one.
@@ -432,4 +433,53 @@ fn held_port() -> (std::net::TcpListener, u16) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, port)
+}
+
+#[test]
+fn select_limit_turns_away_every_connection_past_fd_1023_and_serves_the_rest() {
+    let mut demo = demo("select-limit");
+    let count = |role: &str, kind: &str| {
+        demo.seen
+            .iter()
+            .filter(|e| e["role"] == role && e["kind"] == kind)
+            .count()
+    };
+    let (accepts, limits) = (count("server", "accept"), count("server", "limit"));
+    assert_eq!(accepts, 1100, "every connection is accepted first");
+    assert!(limits > 0, "none turned away:\n{}", demo.history());
+    // Each turned-away client read the reason, then the server's FIN; each other one its echo.
+    assert_eq!(count("client", "eof"), limits);
+    assert_eq!(count("client", "send"), 1100 - limits);
+    for limit in demo.seen.iter().filter(|e| e["kind"] == "limit") {
+        let detail = limit["detail"].as_str().unwrap();
+        let fd: u64 = detail[3..].split(' ').next().unwrap().parse().unwrap();
+        assert!(fd >= 1024, "{limit}");
+        assert!(detail.contains("FD_SETSIZE (1024)"), "{limit}");
+        assert!(
+            limit["note"].as_str().unwrap().contains("FD_SETSIZE"),
+            "{limit}"
+        );
+        let peer = &limit["peer"];
+        let told = demo
+            .seen
+            .iter()
+            .find(|e| e["role"] == "client" && e["kind"] == "recv" && &e["local"] == peer)
+            .unwrap_or_else(|| panic!("no reason read by {peer}"));
+        assert_eq!(
+            told["data"],
+            format!("server full: select() cannot watch fd {fd}\\n")
+        );
+    }
+    let echoes = demo
+        .seen
+        .iter()
+        .filter(|e| e["role"] == "client" && e["kind"] == "recv")
+        .filter(|e| e["data"].as_str().unwrap().starts_with("hello from "))
+        .count();
+    assert_eq!(echoes, 1100 - limits);
+    let summary = server(&mut demo, "summary");
+    assert_eq!(summary["mode"], "select");
+    assert_eq!(summary["stats"]["connections"], 1100);
+    assert_eq!(summary["stats"]["turned_away"], limits);
+    assert_eq!(summary["stats"]["messages"], 1100 - limits);
 }

@@ -101,9 +101,16 @@ fn half_close_still_receives_after_its_shutdown() {
     assert!(close.contains("went out already"), "{close}");
 }
 
-#[test]
-fn client_abort_makes_the_server_report_a_reset() {
-    let (mut server, port) = server("blocking", &[]);
+// Where every model must behave the same, one body runs over all six.
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    client_abort_makes_the_server_report_a_reset,
+    sigterm_stops_the_server_too,
+    idle_timeout_closes_a_silent_connection,
+);
+
+fn client_abort_makes_the_server_report_a_reset(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
     let mut client = client(port, &["--send", "x", "--abort"]);
     assert!(client.wait_exit().success());
     assert_eq!(client.kinds(None).last().unwrap(), "abort");
@@ -288,17 +295,15 @@ fn sigint_stops_the_server_within_a_second_with_a_summary() {
     assert!(client.wait_exit().success());
 }
 
-#[test]
-fn sigterm_stops_the_server_too() {
-    let (mut server, _port) = server("blocking", &[]);
+fn sigterm_stops_the_server_too(mode: &str) {
+    let (mut server, _port) = server(mode, &[]);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     assert_eq!(server.kinds(None).last().unwrap(), "summary");
 }
 
-#[test]
-fn idle_timeout_closes_a_silent_connection() {
-    let (mut server, port) = server("blocking", &["--idle-timeout", "1"]);
+fn idle_timeout_closes_a_silent_connection(mode: &str) {
+    let (mut server, port) = server(mode, &["--idle-timeout", "1"]);
     let mut client = client(port, &["--send", "x", "--hold", "30"]);
     let timeout = server.expect_conn("timeout", 1);
     assert!(timeout["note"].as_str().unwrap().contains("FIN"));

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use super::{conn, is, ts, Lab, CLIENT, SERVER};
+use super::{conn, is, port_of, ts, Lab, CLIENT, SERVER};
 use crate::event::{Event, Kind, Role};
 use crate::server::Connection;
 use crate::{note, tcp_state};
@@ -115,6 +115,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "byte-stream",
         about: "three writes in one read, one write in many: no boundaries",
         run: byte_stream,
+    },
+    Scenario {
+        name: "select-limit",
+        about: "1,100 clients on select(): past fd 1023 each is turned away, with the reason",
+        run: select_limit,
     },
 ];
 
@@ -814,4 +819,130 @@ fn connect_event(socket: &Socket, to: SocketAddr) -> Event {
     Event::new(Kind::Connect)
         .addrs(local, Some(to))
         .state(tcp_state::of(socket))
+}
+
+// ---------------------------------------------------------------- select's wall
+
+/// How many clients select-limit opens: more than an fd_set's 1024 bits.
+const PAST_THE_WALL: usize = 1100;
+
+/// Seed 001's "at most 1024": the select server's descriptors climb past FD_SETSIZE; each
+/// connection that lands there is accepted, told why, and closed; the others are served.
+fn select_limit(lab: &mut Lab) -> Result<String> {
+    // The demo's sockets and the server's (which inherits the limit): both need 1,100+.
+    raise_fd_limit((PAST_THE_WALL * 2 + 100) as libc::rlim_t)?;
+    let (server, port) = lab.serve(&["--mode", "select", "--quiet", "--backlog", "2048"])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut clients = Vec::with_capacity(PAST_THE_WALL);
+    for _ in 0..PAST_THE_WALL {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .context("a client could not connect")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        lab.emit(
+            Role::Client,
+            client_event(&stream, Kind::Connect).note(note::CONNECT),
+        );
+        clients.push(stream);
+    }
+    lab.wait_many("the server to accept every client", PAST_THE_WALL, |e| {
+        is(e, SERVER, "accept")
+    })?;
+    // The clients were accepted in the order they connected, and the last one is surely past
+    // the wall: once its `limit` has come, every other `limit` has come before it.
+    let last = clients.last().context("no client")?.local_addr()?.port();
+    let last_limit = lab.wait("the last client to be turned away", |e| {
+        is(e, SERVER, "limit") && port_of(&e["peer"]) == Some(last)
+    })?;
+    let mut limits = vec![last_limit];
+    while let Some(limit) = lab.take_now(|e| is(e, SERVER, "limit")) {
+        limits.push(limit);
+    }
+    let mut turned_away = Vec::new(); // (the client's port, the server's fd)
+    for limit in &limits {
+        let fd = limit["detail"]
+            .as_str()
+            .and_then(|d| {
+                d.strip_prefix("fd ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .context("no descriptor in the limit event")?;
+        let peer = port_of(&limit["peer"]).context("no peer in the limit event")?;
+        turned_away.push((peer, fd));
+    }
+    ensure!(
+        !turned_away.is_empty(),
+        "no connection was turned away: the server's descriptors never reached 1024"
+    );
+    ensure!(
+        turned_away.iter().all(|&(_, fd)| fd >= 1024),
+        "a connection below fd 1024 was turned away: {turned_away:?}"
+    );
+
+    let mut served = 0;
+    for stream in &mut clients {
+        let local = stream.local_addr()?.port();
+        if let Some(&(_, fd)) = turned_away.iter().find(|(p, _)| *p == local) {
+            // The reason, then the server's FIN (it closed right after saying it).
+            let mut told = Vec::new();
+            stream
+                .read_to_end(&mut told)
+                .context("the reason did not come")?;
+            let event = client_event(stream, Kind::Recv).payload(&told);
+            lab.emit(Role::Client, event.note(note::RECV));
+            lab.emit(
+                Role::Client,
+                client_event(stream, Kind::Eof).note(note::EOF),
+            );
+            let expected = format!("server full: select() cannot watch fd {fd}\n");
+            ensure!(
+                told == expected.as_bytes(),
+                "a client past the wall was told {:?}, not {expected:?}",
+                String::from_utf8_lossy(&told)
+            );
+        } else {
+            let message = format!("hello from {local}\n");
+            stream.write_all(message.as_bytes())?;
+            let event = client_event(stream, Kind::Send).payload(message.as_bytes());
+            lab.emit(Role::Client, event.note(note::SEND));
+            let mut echo = vec![0u8; message.len()];
+            stream
+                .read_exact(&mut echo)
+                .context("a client below the wall got no echo")?;
+            let event = client_event(stream, Kind::Recv).payload(&echo);
+            lab.emit(Role::Client, event.note(note::RECV));
+            served += 1;
+        }
+    }
+    for stream in clients.drain(..) {
+        let event = client_event(&stream, Kind::Close).state(None);
+        drop(stream);
+        lab.emit(Role::Client, event.note(note::CLOSE_FIRST));
+    }
+    lab.wait_many("the server to close every served connection", served, |e| {
+        is(e, SERVER, "close")
+    })?;
+    lab.interrupt(server);
+    let summary = lab.wait("the server's summary", |e| is(e, SERVER, "summary"))?;
+    ensure!(
+        summary["stats"]["turned_away"] == turned_away.len(),
+        "the summary counts {} turned away, not {}",
+        summary["stats"]["turned_away"],
+        turned_away.len()
+    );
+    let lowest = turned_away.iter().map(|t| t.1).min().unwrap_or(0);
+    let highest = turned_away.iter().map(|t| t.1).max().unwrap_or(0);
+    // Each one closed at once frees its descriptor, so the next one usually gets it again.
+    let fds = if lowest == highest {
+        format!("each got fd {lowest} (the lowest free one, once 0–1023 were taken)")
+    } else {
+        format!("got fd {lowest}–{highest}")
+    };
+    Ok(format!(
+        "{served} clients were served by one select() loop; the other {} {fds}, past an \
+         fd_set's FD_SETSIZE = 1024 bits, and were accepted, told why, and closed with a FIN",
+        turned_away.len()
+    ))
 }
