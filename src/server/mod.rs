@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::cli::{Mode, ServeArgs};
+use crate::cli::{Mode, ServeArgs, Trigger};
 use crate::event::{Event, Kind, Output, Role};
 use crate::{note, outcome, tcp_state};
 
@@ -41,6 +41,8 @@ pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
+    /// Poll mode: how readiness is asked for (`--trigger`, edge unless told otherwise).
+    pub trigger: Trigger,
     /// The handler "works" this long before echoing.
     pub delay: Option<Duration>,
     /// A message equal to it closes the connection.
@@ -66,6 +68,7 @@ impl Config {
     pub fn from_args(args: &ServeArgs) -> Config {
         Config {
             mode: args.mode,
+            trigger: args.trigger.unwrap_or(Trigger::Edge),
             delay: args.delay.map(Duration::from_millis),
             bye_word: args.bye_word.clone(),
             reply: args
@@ -100,6 +103,9 @@ pub struct Stats {
     pub wouldblock: AtomicU64,
     /// Select mode only: descriptors examined over all select() calls (the scan).
     pub scanned: AtomicU64,
+    /// Poll mode only: epoll_ctl calls (kevent on macOS) that added, changed or removed an
+    /// interest: what `--trigger` costs beyond the wait itself.
+    pub epoll_ctl: AtomicU64,
 }
 
 impl Stats {
@@ -547,6 +553,9 @@ fn emit_summary(server: &Server) {
     }
     if server.config.mode == Mode::Select {
         summary = summary.stat("scanned", Stats::get(&stats.scanned));
+    }
+    if server.config.mode == Mode::Poll {
+        summary = summary.stat("epoll_ctl", Stats::get(&stats.epoll_ctl));
     }
     // Events shed because stdout did not keep up (only when some were).
     let dropped = server.out.dropped();
