@@ -23,6 +23,7 @@ in_modes!(
     twenty_concurrent_clients_each_get_five_exact_echoes,
     a_16_mib_payload_is_echoed_byte_exact,
     a_megabyte_sent_in_one_burst_is_echoed_whole,
+    bytes_and_fin_that_arrive_together_are_echoed_then_closed,
     only_blocking_makes_a_second_client_wait,
     ctrl_c_with_clients_connected_ends_within_a_second_and_clients_see_eof,
     crash_after_makes_the_kernel_send_a_fin,
@@ -95,6 +96,26 @@ fn a_megabyte_sent_in_one_burst_is_echoed_whole(mode: &str) {
     let echoed = read_exactly(&mut peer, payload.len());
     sender.join().unwrap();
     assert!(echoed == payload, "the echo differs from what was sent");
+}
+
+/// The peer's bytes and its FIN are already queued together when the server first looks at
+/// the socket (it was stopped meanwhile). The read that returns the bytes is shorter than
+/// the buffer, and the FIN behind them brings no later wake-up: an edge-triggered server
+/// that took the short read for "drained" would never read the EOF, and never close.
+fn bytes_and_fin_that_arrive_together_are_echoed_then_closed(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut peer = {
+        let _paused = Paused::new(server.child.id());
+        let mut peer = raw_peer(port);
+        peer.write_all(b"last words").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap(); // our FIN, right behind the bytes
+        peer
+    };
+    let mut echoed = Vec::new();
+    peer.read_to_end(&mut echoed)
+        .expect("the echo, then the server's FIN");
+    assert_eq!(echoed, b"last words");
+    server.expect_conn("eof", 1);
 }
 
 fn only_blocking_makes_a_second_client_wait(mode: &str) {

@@ -130,9 +130,8 @@ impl LoopConn {
     }
 
     /// One read(): whatever arrived is a message, echoed (or held for `--delay`).
-    /// Ok(true): the read filled the whole buffer (or a signal interrupted it), so more
-    /// bytes may be waiting; Ok(false): the socket is drained for now (a short read, EAGAIN
-    /// or the peer's FIN).
+    /// Ok(true): bytes came (or a signal interrupted the call), so more may be waiting;
+    /// Ok(false): the socket is drained for now (EAGAIN, or the peer's FIN).
     pub fn read(&mut self, buf: &mut [u8], server: &Server) -> Result<bool, End> {
         let n = match outcome::classify_read((&self.conn.stream).read(buf)) {
             ReadOutcome::Data(n) => n,
@@ -159,7 +158,6 @@ impl LoopConn {
             }
         };
         let message = &buf[..n];
-        let more = n == buf.len();
         // The clock only when a deadline needs it: read once per message, it costs.
         if server.config.delay.is_some() || server.config.idle_timeout.is_some() {
             self.last_progress = Instant::now();
@@ -178,7 +176,7 @@ impl LoopConn {
         }
         let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
-            return self.settle().map(|()| more);
+            return self.settle().map(|()| true);
         }
         if let Some(delay) = server.config.delay {
             // The handler "works" before answering: a timer, not a sleep, so the loop goes
@@ -186,7 +184,7 @@ impl LoopConn {
             self.queue(answer);
             self.held = answer.len();
             self.due = Some(self.last_progress + delay);
-            return Ok(more);
+            return Ok(true);
         }
         // Straight from the read buffer when nothing is queued before it: no copy.
         let written = match self.pending.is_empty() {
@@ -194,7 +192,7 @@ impl LoopConn {
             false => 0,
         };
         self.queue(&answer[written..]);
-        self.answered(server).map(|()| more)
+        self.answered(server).map(|()| true)
     }
 
     /// The socket is writable (or may be): write what is queued, and end if that was all.

@@ -46,13 +46,36 @@ const LISTENER: usize = 0;
 /// echo reads 4 KiB at a time, so 512 KiB.)
 const READ_BUDGET: usize = 16;
 
+/// What the loop keeps from one turn to the next.
+struct Loop<'a> {
+    server: &'a Server,
+    poller: Arc<Poller>,
+    conns: Slots,
+    timers: Timers,
+    /// One read buffer for every connection.
+    buf: Vec<u8>,
+    /// Edge-triggered connections whose read budget ran out with bytes still waiting.
+    again: Vec<usize>,
+}
+
+/// Why a connection is visited.
+enum Visit {
+    /// The kernel reported it ready.
+    Ready(Event),
+    /// Its deadline (`--delay`, `--idle-timeout`) has come.
+    Due(Instant),
+    /// Its read budget ran out last turn with bytes left (edge-triggered only).
+    Again,
+}
+
 pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let poller = Arc::new(Poller::new()?);
     register(
         &poller,
         listener,
-        Event::readable(LISTENER),
+        LISTENER,
+        (true, false),
         PollMode::Oneshot,
         server,
     )?;
@@ -62,30 +85,33 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         let _ = waker.notify();
     }));
 
-    let mut conns = Slots::default();
-    let mut timers = Timers::default();
+    let mut lp = Loop {
+        server,
+        poller,
+        conns: Slots::default(),
+        timers: Timers::default(),
+        buf: vec![0u8; READ_BUF],
+        again: Vec::new(),
+    };
     let mut acceptor = Acceptor::default();
     let mut events = Events::new();
-    let mut buf = vec![0u8; READ_BUF]; // one read buffer for every connection
-                                       // Edge-triggered connections whose read budget ran out with bytes still waiting.
-    let mut again: Vec<usize> = Vec::new();
     let mut listener_paused_until: Option<Instant> = None;
     let mut failure = Ok(());
 
     while server.keep_accepting() {
         // Sleep until a socket is ready or the nearest deadline; None: until a socket is
         // ready. Work left over from the last turn: do not sleep at all.
-        let deadline = match (timers.next(), listener_paused_until) {
+        let deadline = match (lp.timers.next(), listener_paused_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = match again.is_empty() {
+        let timeout = match lp.again.is_empty() {
             true => deadline.map(|at| at.saturating_duration_since(Instant::now())),
             false => Some(Duration::ZERO),
         };
         events.clear();
         server.out.flush(); // everything this turn printed, before we sleep
-        if let Err(e) = poller.wait(&mut events, timeout) {
+        if let Err(e) = lp.poller.wait(&mut events, timeout) {
             failure = Err(e); // epoll itself failed: nothing sensible is left to do
             break;
         }
@@ -93,93 +119,126 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
 
         // wait() may return no event at all (notify(), a deadline, or spuriously).
         for ready in events.iter() {
-            if ready.key == LISTENER {
-                let (acceptor, conns, timers) = (&mut acceptor, &mut conns, &mut timers);
-                if accept_some(listener, &poller, acceptor, conns, timers, server) {
-                    listener_paused_until = Some(Instant::now() + EMFILE_BACKOFF);
-                } else {
-                    rearm_listener(&poller, listener, server);
-                }
-                continue;
+            if ready.key != LISTENER {
+                lp.visit(ready.key, Visit::Ready(ready));
+            } else if lp.accept_some(listener, &mut acceptor) {
+                listener_paused_until = Some(Instant::now() + EMFILE_BACKOFF);
+            } else {
+                rearm_listener(&lp.poller, listener, server);
             }
-            let Some(lc) = conns.get_mut(ready.key) else {
-                continue;
-            };
-            // Remember what the kernel said: an edge is reported once, not again.
-            lc.readable |= ready.readable;
-            lc.writable |= ready.writable;
-            let step = serve(lc, &mut buf, server);
-            after(
-                step,
-                ready.key,
-                &poller,
-                &mut conns,
-                &mut timers,
-                &mut again,
-                server,
-            );
         }
 
-        // Edge-triggered connections with bytes left from the last turn: no new edge will
-        // come for bytes that are already there, so the loop must come back by itself.
-        let left_over = again.len();
+        // Bytes left from the last turn (edge-triggered): no new edge will come for bytes
+        // that are already there, so the loop must come back to them by itself.
+        let left_over = lp.again.len();
         for i in 0..left_over {
-            let key = again[i];
-            let Some(lc) = conns.get_mut(key) else {
-                continue;
-            };
-            lc.revisit = false;
-            let step = serve(lc, &mut buf, server);
-            after(
-                step,
-                key,
-                &poller,
-                &mut conns,
-                &mut timers,
-                &mut again,
-                server,
-            );
+            lp.visit(lp.again[i], Visit::Again);
         }
-        again.drain(..left_over);
+        lp.again.drain(..left_over);
 
         // The clock is read only when a deadline is waiting.
-        if timers.next().is_none() && listener_paused_until.is_none() {
+        if lp.timers.next().is_none() && listener_paused_until.is_none() {
             continue;
         }
         let now = Instant::now();
-        while let Some(key) = timers.pop_due(now, &mut conns) {
-            let step = match conns.get_mut(key) {
-                Some(lc) => lc
-                    .on_time(now, server)
-                    .and_then(|()| serve(lc, &mut buf, server)),
-                None => Ok(()),
-            };
-            after(
-                step,
-                key,
-                &poller,
-                &mut conns,
-                &mut timers,
-                &mut again,
-                server,
-            );
+        while let Some(key) = lp.timers.pop_due(now, &mut lp.conns) {
+            lp.visit(key, Visit::Due(now));
         }
-
         // The back-off is over: ask for the listener's readiness again.
         if listener_paused_until.is_some_and(|until| now >= until) {
             listener_paused_until = None;
-            rearm_listener(&poller, listener, server);
+            rearm_listener(&lp.poller, listener, server);
         }
     }
 
     // Ctrl-C (or --exit-after): every connection still open gets a FIN.
-    for key in conns.keys() {
-        let end = End::Close(note::CLOSE_STOP);
-        close(key, end, &poller, &mut conns, server);
+    for key in lp.conns.keys() {
+        lp.close(key, End::Close(note::CLOSE_STOP));
     }
     count_ctl(server);
-    let _ = poller.delete(listener);
+    let _ = lp.poller.delete(listener);
     failure
+}
+
+impl Loop<'_> {
+    /// Serve one connection, then close it or tell the poller what it waits for now.
+    fn visit(&mut self, key: usize, why: Visit) {
+        let (server, buf) = (self.server, &mut self.buf);
+        let Some(lc) = self.conns.get_mut(key) else {
+            return; // closed earlier in this turn
+        };
+        let step = match why {
+            Visit::Ready(ready) => {
+                // Remember what the kernel said: an edge is reported once, not again.
+                lc.readable |= ready.readable;
+                lc.writable |= ready.writable;
+                serve(lc, buf, server)
+            }
+            Visit::Due(now) => lc
+                .on_time(now, server)
+                .and_then(|()| serve(lc, buf, server)),
+            Visit::Again => {
+                lc.revisit = false;
+                serve(lc, buf, server)
+            }
+        };
+        if let Err(end) = step {
+            return self.close(key, end);
+        }
+        if let Err(e) = rearm(&self.poller, key, lc, server) {
+            super::echo::report_error(&lc.conn, server, "epoll_ctl", &e);
+            return self.close(key, End::Dead);
+        }
+        // Edge-triggered, the read budget ran out with bytes still waiting (level and
+        // oneshot never remember `readable`: the kernel reports it again).
+        if lc.readable && lc.wants_read() && !lc.revisit {
+            lc.revisit = true;
+            self.again.push(key);
+        }
+        self.timers.schedule(key, lc, server);
+    }
+
+    /// Take it out of the poller *before* the socket is closed, then end it.
+    fn close(&mut self, key: usize, end: End) {
+        if let Some(lc) = self.conns.remove(key) {
+            if lc.interest.is_some() {
+                count_ctl(self.server);
+                let _ = self.poller.delete(&lc.conn.stream);
+            }
+            event_loop::finish(lc, end, self.server);
+        }
+    }
+
+    /// accept() what is queued (up to ACCEPT_BATCH) and register each connection.
+    /// Returns true if the listener must back off (out of descriptors).
+    fn accept_some(&mut self, listener: &TcpListener, acceptor: &mut Acceptor) -> bool {
+        let server = self.server;
+        for _ in 0..ACCEPT_BATCH {
+            match event_loop::accept(acceptor, listener, server) {
+                LoopAccepted::Conn(lc) => {
+                    let key = self.conns.insert(lc);
+                    let lc = self.conns.get_mut(key).expect("just inserted");
+                    if let Err(e) = register_conn(&self.poller, key, lc, server) {
+                        super::echo::report_error(&lc.conn, server, "epoll_ctl(ADD)", &e);
+                        let lc = self.conns.remove(key).expect("just inserted");
+                        event_loop::finish(lc, End::Dead, server);
+                        continue;
+                    }
+                    self.timers.schedule(key, lc, server); // --idle-timeout counts from now
+                }
+                LoopAccepted::TurnedAway => continue,
+                LoopAccepted::Empty => return false,
+                // Why not keep the listener in the poller? Its queue still holds
+                // connections, so it stays readable: wait() would return at once, accept()
+                // fail at once, and the loop spin at 100 % CPU until a descriptor frees up.
+                // Like nginx, we take the listener out of the poller for a moment instead;
+                // the connections wait in the kernel's queue and are accepted once a
+                // descriptor is free again.
+                LoopAccepted::BackOff => return true,
+            }
+        }
+        false
+    }
 }
 
 /// Visit a connection: write what is queued if the socket is writable, then read if it is
@@ -194,9 +253,12 @@ fn serve(lc: &mut LoopConn, buf: &mut [u8], server: &Server) -> Step {
         }
     }
     // TRIGGER: how far one visit reads.
-    // - edge: until the socket is drained, for the kernel will not report these bytes again:
-    //   a read that returns less than the buffer (or EAGAIN) means "drained" (tokio's rule,
-    //   which spares the extra read that would only say EAGAIN); at most READ_BUDGET reads.
+    // - edge: until the socket is drained, for the kernel will not report these bytes
+    //   again: until read() says EAGAIN (or returns 0, the FIN), at most READ_BUDGET reads.
+    //   (tokio stops earlier, at a read shorter than its buffer, sparing the call that only
+    //   says EAGAIN. It can, because it also hears EPOLLRDHUP, the peer's FIN, which the
+    //   `polling` crate does not pass on: a FIN that came in right behind the last bytes
+    //   makes that last read short too, and no later edge will ever announce it.)
     // - level and oneshot: one read; if bytes are left, the next wait() reports them again.
     let reads = match trigger {
         Trigger::Edge => READ_BUDGET,
@@ -219,36 +281,6 @@ fn serve(lc: &mut LoopConn, buf: &mut [u8], server: &Server) -> Step {
     Ok(())
 }
 
-/// After a step: close the connection, or tell the poller what it waits for now, come back
-/// to it next turn if bytes are left unread, and schedule its deadline.
-fn after(
-    step: Step,
-    key: usize,
-    poller: &Poller,
-    conns: &mut Slots,
-    timers: &mut Timers,
-    again: &mut Vec<usize>,
-    server: &Server,
-) {
-    let Some(lc) = conns.get_mut(key) else {
-        return;
-    };
-    if let Err(end) = step {
-        return close(key, end, poller, conns, server);
-    }
-    if let Err(e) = rearm(poller, key, lc, server) {
-        super::echo::report_error(&lc.conn, server, "epoll_ctl", &e);
-        return close(key, End::Dead, poller, conns, server);
-    }
-    // Edge-triggered, the read budget ran out with bytes still waiting (level and oneshot
-    // never remember `readable`: the kernel reports it again).
-    if lc.readable && lc.wants_read() && !lc.revisit {
-        lc.revisit = true;
-        again.push(key);
-    }
-    timers.schedule(key, lc, server);
-}
-
 /// A new connection goes into the poller.
 fn register_conn(
     poller: &Poller,
@@ -266,14 +298,7 @@ fn register_conn(
         Trigger::Level => ((true, false), PollMode::Level),
         Trigger::Oneshot => ((true, false), PollMode::Oneshot),
     };
-    let (read, write) = interest;
-    register(
-        poller,
-        &lc.conn.stream,
-        Event::new(key, read, write),
-        mode,
-        server,
-    )?;
+    register(poller, &lc.conn.stream, key, interest, mode, server)?;
     lc.interest = Some(interest);
     Ok(())
 }
@@ -300,77 +325,22 @@ fn rearm(poller: &Poller, key: usize, lc: &mut LoopConn, server: &Server) -> io:
             return Ok(());
         }
         Trigger::Level if lc.interest.is_none() => {
-            let (read, write) = want;
-            register(
-                poller,
-                stream,
-                Event::new(key, read, write),
-                PollMode::Level,
-                server,
-            )?;
+            register(poller, stream, key, want, PollMode::Level, server)?;
         }
         Trigger::Level => {
             count_ctl(server);
-            poller.modify_with_mode(stream, Event::new(key, want.0, want.1), PollMode::Level)?;
+            poller.modify_with_mode(stream, event(key, want), PollMode::Level)?;
         }
         // oneshot: after every event, for the event disarmed the socket. Wanting nothing (a
         // delayed echo), it stays disarmed (not even a hang-up wakes us); its timer re-arms it.
         Trigger::Oneshot if want == nothing => return Ok(()),
         Trigger::Oneshot => {
             count_ctl(server);
-            let interest = Event::new(key, want.0, want.1);
-            poller.modify_with_mode(stream, interest, PollMode::Oneshot)?;
+            poller.modify_with_mode(stream, event(key, want), PollMode::Oneshot)?;
         }
     }
     lc.interest = Some(want);
     Ok(())
-}
-
-/// Take it out of the poller *before* the socket is closed, then end it.
-fn close(key: usize, end: End, poller: &Poller, conns: &mut Slots, server: &Server) {
-    if let Some(lc) = conns.remove(key) {
-        if lc.interest.is_some() {
-            count_ctl(server);
-            let _ = poller.delete(&lc.conn.stream);
-        }
-        event_loop::finish(lc, end, server);
-    }
-}
-
-/// accept() what is queued (up to ACCEPT_BATCH) and register each connection.
-/// Returns true if the listener must back off (out of descriptors).
-fn accept_some(
-    listener: &TcpListener,
-    poller: &Poller,
-    acceptor: &mut Acceptor,
-    conns: &mut Slots,
-    timers: &mut Timers,
-    server: &Server,
-) -> bool {
-    for _ in 0..ACCEPT_BATCH {
-        match event_loop::accept(acceptor, listener, server) {
-            LoopAccepted::Conn(lc) => {
-                let key = conns.insert(lc);
-                let lc = conns.get_mut(key).expect("just inserted");
-                if let Err(e) = register_conn(poller, key, lc, server) {
-                    super::echo::report_error(&lc.conn, server, "epoll_ctl(ADD)", &e);
-                    let lc = conns.remove(key).expect("just inserted");
-                    event_loop::finish(lc, End::Dead, server);
-                    continue;
-                }
-                timers.schedule(key, lc, server); // --idle-timeout counts from now
-            }
-            LoopAccepted::TurnedAway => continue,
-            LoopAccepted::Empty => return false,
-            // Why not keep the listener in the poller? Its queue still holds connections,
-            // so it stays readable: wait() would return at once, accept() fail at once, and
-            // the loop spin at 100 % CPU until a descriptor frees up. Like nginx, we take
-            // the listener out of the poller for a moment instead; the connections wait
-            // in the kernel's queue and are accepted once a descriptor is free again.
-            LoopAccepted::BackOff => return true,
-        }
-    }
-    false
 }
 
 /// Re-arm the listener's interest. The listener is oneshot whatever `--trigger` says: then
@@ -388,11 +358,17 @@ fn rearm_listener(poller: &Poller, listener: &TcpListener, server: &Server) {
     }
 }
 
-/// The one place a socket is added to the poller.
+/// Interest in reading and/or writing, as `polling` spells it.
+fn event(key: usize, (read, write): (bool, bool)) -> Event {
+    Event::new(key, read, write)
+}
+
+/// The one place a socket is added to the poller, for (read, write) under `mode`.
 fn register(
     poller: &Poller,
     socket: &impl AsRawFd,
-    interest: Event,
+    key: usize,
+    interest: (bool, bool),
     mode: PollMode,
     server: &Server,
 ) -> io::Result<()> {
@@ -401,7 +377,7 @@ fn register(
     // closed. Every socket added here is: connections in `close` (or earlier, in `rearm`,
     // when level-triggered interest goes to nothing; nowhere else is a LoopConn dropped),
     // the listener at the end of `run`, before `server::run` drops it.
-    unsafe { poller.add_with_mode(socket.as_raw_fd(), interest, mode) }
+    unsafe { poller.add_with_mode(socket.as_raw_fd(), event(key, interest), mode) }
 }
 
 /// One more epoll_ctl (ADD, MOD or DEL) for the summary: what the trigger costs.
