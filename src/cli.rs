@@ -104,7 +104,7 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
     /// Registered once for reading and writing; the kernel reports a *change* (new bytes,
-    /// room freed), so the server reads until a short read or EAGAIN. No epoll_ctl per message.
+    /// room freed), so the server reads until EAGAIN. No epoll_ctl per message.
     Edge,
     /// Reported for as long as the socket is ready; the interest changes (epoll_ctl) only
     /// when the server starts or stops waiting to write, or pauses reading.
