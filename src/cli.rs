@@ -37,14 +37,16 @@ pub enum Command {
         tcp-lab client --count 10 --bye          # the seeds' client: 10 messages, then Bye\n  \
         tcp-lab client --send hi --half-close    # shutdown(Write), then read until EOF\n  \
         tcp-lab client --send hi --abort         # close with an RST instead of a FIN\n  \
-        tcp-lab client --naive                   # blocks in recv: misses the server's FIN")]
+        tcp-lab client --naive                   # blocks in recv: misses the server's FIN\n  \
+        tcp-lab client --name alice --count 3    # label the events: two clients, one terminal")]
     Client(ClientArgs),
     /// Run a scenario: a real server and client(s) on 127.0.0.1, one phenomenon made to
     /// happen on purpose, drawn as one ladder diagram, then checked.
     #[command(after_help = "Examples:\n  \
-        tcp-lab demo --list                       # every scenario, with what it shows\n  \
+        tcp-lab demo                              # every scenario, with what it shows\n  \
         tcp-lab demo write-after-fin              # the seeds' failure, in one command\n  \
         tcp-lab demo abort-rst --format json      # the same events as JSON lines\n  \
+        tcp-lab demo abort-rst --wire             # the packets themselves (root or CAP_NET_RAW)\n  \
         tcp-lab demo orderly-close --port 7799    # a fixed port, for tcpdump -i lo port 7799")]
     Demo(DemoArgs),
     /// List the lessons, or print one (by number or name).
@@ -124,6 +126,29 @@ impl Trigger {
     }
 }
 
+/// What the server does with the bytes it reads (`--mode` still chooses how it waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum App {
+    /// Send every byte back, exactly as it came.
+    Echo,
+    /// A chat with rooms: each user's lines go to the others in its room (nc, telnet, or
+    /// `tcp-lab client`). Modes: threaded, nonblocking, select, poll.
+    Chat,
+    /// The server's operator talks to one client through this terminal (seed 004):
+    /// blocking is half-duplex, poll and threaded are full-duplex.
+    Talk,
+}
+
+impl App {
+    pub fn name(self) -> &'static str {
+        match self {
+            App::Echo => "echo",
+            App::Chat => "chat",
+            App::Talk => "talk",
+        }
+    }
+}
+
 /// Where the server listens or the client connects.
 #[derive(Debug, Clone, Args)]
 pub struct AddrArgs {
@@ -145,6 +170,14 @@ pub struct ServeArgs {
     /// The concurrency model.
     #[arg(long, value_enum, default_value_t = Mode::Poll)]
     pub mode: Mode,
+    /// What the server does with the bytes: echo them, run a chat, or talk (seed 004).
+    #[arg(long, value_enum, default_value_t = App::Echo)]
+    pub app: App,
+    /// Chat: the longest line accepted, in bytes; a longer one is refused and its
+    /// connection closed, so a peer that never sends a newline costs bounded memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
+    pub max_line: u32,
     #[command(flatten)]
     pub addr: AddrArgs,
     /// `--mode poll` only: how readiness is asked for (edge-, level-triggered or oneshot).
@@ -157,8 +190,9 @@ pub struct ServeArgs {
     /// Wait MS milliseconds before each echo (the seeds' handler sleeps 1 s). At most a year.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=YEAR_SECS * 1000))]
     pub delay: Option<u64>,
-    /// A message equal to this word closes the connection without an echo.
-    #[arg(long, value_name = "WORD", default_value = "Bye")]
+    /// A message equal to this word closes the connection without an echo (what follows
+    /// it in the same read is discarded, and the close event counts it).
+    #[arg(long, value_name = "WORD", default_value = "Bye", value_parser = bye_word)]
     pub bye_word: String,
     /// Answer every message with TEXT plus a newline instead of echoing it (seed 003's
     /// "ok, 问题正在处理中..."): one read, one reply, however many bytes it held.
@@ -191,6 +225,8 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     pub parent_keeps_fd: bool,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -222,14 +258,30 @@ pub struct ClientArgs {
     /// The seeds' blocking client: read stdin, send, block in recv.
     #[arg(long, conflicts_with_all = ["send", "count", "bye", "half_close"])]
     pub naive: bool,
+    /// How long to wait for an echo (and, after --bye or --half-close, for the server's FIN)
+    /// before giving up on it; giving up is a `timeout` event, and the script goes on.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = positive_seconds)]
+    pub wait: f64,
+    /// Give up connecting after SECS seconds. A listener whose accept queue (its backlog) is
+    /// full drops our SYN without an answer; Linux resends it (after 1 s, 3 s, 7 s, …) and
+    /// connect() waits in SYN_SENT until this timeout ends it (exit status 1).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = positive_seconds)]
+    pub connect_timeout: f64,
+    /// Label this client's events (the text's who column, JSON field `name`), so two
+    /// clients printing to one terminal can be told apart. 1 to 10 letters, digits, - or _.
+    #[arg(long, value_name = "NAME", value_parser = client_name)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub wire: WireArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// The scenario to run (the names are attached in [`crate::command`], which knows the demos).
-    #[arg(value_name = "NAME", required_unless_present = "list")]
+    /// The scenario to run; without it, the list (the names are attached in
+    /// [`crate::command`], which knows the demos).
+    #[arg(value_name = "NAME")]
     pub name: Option<String>,
     /// List the scenarios, one a line: its name, then what it shows.
     #[arg(long, conflicts_with = "name")]
@@ -239,7 +291,30 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     #[command(flatten)]
+    pub wire: WireArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--wire` and `--pcap`: the packets themselves, captured on `lo` (root or CAP_NET_RAW).
+#[derive(Debug, Clone, Default, Args)]
+pub struct WireArgs {
+    /// Capture the run's packets on lo and show each one (flags, seq/ack, length, direction)
+    /// between the calls, on the same clock. Needs root or CAP_NET_RAW; without, one line
+    /// says so and the run goes on without packets.
+    #[arg(long)]
+    pub wire: bool,
+    /// Also write the captured packets to FILE (pcap, for Wireshark or `tcpdump -r`).
+    /// Implies --wire.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+}
+
+impl WireArgs {
+    /// Whether a capture was asked for.
+    pub fn wanted(&self) -> bool {
+        self.wire || self.pcap.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -247,7 +322,7 @@ pub struct LessonArgs {
     /// The lesson's number (`6`, `06`) or name (`close`); without it, the list.
     #[arg(value_name = "N|NAME")]
     pub lesson: Option<String>,
-    /// Format headings and code for a terminal.
+    /// Colour the headings, commands and code (the layout is the same either way).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 }
@@ -331,6 +406,9 @@ pub struct ServeChildArgs {
     /// The connection number the parent gave it.
     #[arg(long)]
     pub conn: u64,
+    /// The write end of a pipe to the parent: the child's counts go there when it ends.
+    #[arg(long)]
+    pub report_fd: Option<i32>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -370,10 +448,61 @@ impl AddrArgs {
 }
 
 /// A number of seconds: finite and not negative (fractions allowed).
+/// The most bytes one read() returns in the servers (server::echo::READ_BUF, checked by a
+/// test there): a longer bye word could never match.
+pub const BYE_WORD_MAX: usize = 64 * 1024;
+
+/// `--bye-word`: refuse a word that could never match, or would match every blank line.
+fn bye_word(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the bye word cannot be empty or blank: every blank line would close \
+the connection"
+                .into(),
+        );
+    }
+    if text.len() > BYE_WORD_MAX {
+        return Err(format!(
+            "the bye word is {} bytes, but one read() returns at most {BYE_WORD_MAX}, so it \
+could never match",
+            text.len()
+        ));
+    }
+    if text.contains('\n') || text.trim_end() != text {
+        return Err(
+            "the bye word cannot hold a newline or end with whitespace: a message is \
+compared with its trailing whitespace trimmed, so it could never match"
+                .into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
 fn seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
         Ok(_) => Err("must be between 0 and 86400 seconds".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A number of seconds more than 0 (a wait of nothing would give up at once).
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match seconds(text)? {
+        secs if secs > 0.0 => Ok(secs),
+        _ => Err("must be more than 0 seconds".into()),
+    }
+}
+
+/// `--name`: short enough for the who column, and nothing that could drive a terminal.
+fn client_name(text: &str) -> Result<String, String> {
+    let fits = (1..=10).contains(&text.chars().count())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if fits {
+        Ok(text.to_string())
+    } else {
+        Err("1 to 10 letters, digits, - or _ (it labels the who column)".into())
     }
 }

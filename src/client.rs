@@ -15,7 +15,8 @@
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -27,15 +28,19 @@ use crate::event::{Event, Kind, Output, Role};
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
 use crate::{note, tcp_state};
 
-/// How long the client waits for an echo or for the server's FIN.
-pub const REPLY_WAIT: Duration = Duration::from_secs(5);
-
 const READ_BUF: usize = 64 * 1024;
 
 pub fn run(args: &ClientArgs) -> Result<()> {
-    let out = Output::new(Role::Client, None, &args.output);
+    let out = Output::new(Role::Client, None, &args.output).named(args.name.clone());
     let addr = args.addr.resolve()?;
-    let client = Client::connect(addr, out)?;
+    // --wire: this connection's packets as `packet` events, from before the SYN.
+    let _wire = crate::wire::print_for_peer(&args.wire, addr, &args.output, out.epoch_ns())?;
+    let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
+    let mut client = Client::connect(addr, Arc::new(out), connect_timeout)?;
+    client.wait = Duration::from_secs_f64(args.wait);
+    // Before the connect event: whoever reads it may press Ctrl-C at once.
+    close_on_ctrl_c(&client)?;
+    client.emit(client.event(Kind::Connect).note(note::CONNECT));
     if args.naive {
         naive(client)
     } else if args.send.is_empty() && args.count.is_none() && !args.bye {
@@ -59,7 +64,8 @@ enum Heard {
 /// A connected socket and everything needed to report on it.
 struct Client {
     stream: TcpStream,
-    out: Output,
+    /// Shared with the Ctrl-C handler, which prints the close of an interrupted client.
+    out: Arc<Output>,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     /// Bytes sent and bytes received so far: the client waits until they match.
@@ -70,12 +76,30 @@ struct Client {
     /// Our FIN went out with shutdown(Write): close() will send nothing new.
     shut_down: bool,
     buf: Vec<u8>,
+    /// `--wait`: how long to wait for an echo or for the server's FIN.
+    wait: Duration,
+    /// The socket's descriptor, lent to the Ctrl-C handler while it is open (see
+    /// [`close_on_ctrl_c`]). A copy (dup) would keep the connection open after our close():
+    /// the FIN would leave only when the process exits, later than the event says.
+    open_fd: OpenFd,
+}
+
+/// The socket's descriptor number while it is open, `None` once closed. Whoever holds the
+/// lock may use the number: close() and abort() clear it and close the socket under the lock,
+/// so the handler never touches a closed (or reused) descriptor.
+type OpenFd = Arc<Mutex<Option<RawFd>>>;
+
+fn lock(open_fd: &OpenFd) -> MutexGuard<'_, Option<RawFd>> {
+    open_fd
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Client {
-    /// connect(): the three-way handshake. A refusal is an event *and* an error.
-    fn connect(addr: SocketAddr, out: Output) -> Result<Client> {
-        let stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+    /// connect(): the three-way handshake (the caller reports it). A refusal or a timeout is
+    /// an event *and* an error.
+    fn connect(addr: SocketAddr, out: Arc<Output>, timeout: Duration) -> Result<Client> {
+        let stream = match TcpStream::connect_timeout(&addr, timeout) {
             Ok(stream) => stream,
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 out.emit(
@@ -86,11 +110,26 @@ impl Client {
                 );
                 bail!("connection refused by {addr} — is the server running? start one with `tcp-lab serve --port {}`", addr.port());
             }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                out.emit(
+                    Event::new(Kind::Timeout)
+                        .addrs(None, Some(addr))
+                        .errno(Some("ETIMEDOUT"))
+                        .detail(format!("no answer within {:.1} s", timeout.as_secs_f64()))
+                        .note(note::CONNECT_TIMEOUT),
+                );
+                bail!(
+                    "connect to {addr} timed out after {:.1} s — is its backlog full (a server \
+that does not accept)? try a longer --connect-timeout",
+                    timeout.as_secs_f64()
+                );
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
         };
         let client = Client {
             local: stream.local_addr().ok(),
             peer: stream.peer_addr().ok(),
+            open_fd: Arc::new(Mutex::new(Some(stream.as_raw_fd()))),
             stream,
             out,
             sent: 0,
@@ -98,8 +137,8 @@ impl Client {
             peer_closed: false,
             shut_down: false,
             buf: vec![0; READ_BUF],
+            wait: Duration::from_secs(5),
         };
-        client.emit(client.event(Kind::Connect).note(note::CONNECT));
         Ok(client)
     }
 
@@ -166,14 +205,40 @@ impl Client {
         }
     }
 
-    /// Read until everything we sent has come back, the server closes, or `wait` passes.
-    fn await_echo(&mut self, wait: Duration) -> Result<Heard> {
-        self.read_until(wait, |client| client.received >= client.sent)
+    /// Read until everything we sent has come back, the server closes, or `--wait` passes
+    /// (then say so: a `timeout` event, never a silent give-up).
+    fn await_echo(&mut self) -> Result<Heard> {
+        let heard = self.read_until(self.wait, |client| client.received >= client.sent)?;
+        if heard == Heard::Nothing {
+            let missing = self.sent - self.received;
+            let detail = format!("{missing} bytes not echoed within {}", secs(self.wait));
+            self.emit(
+                self.event(Kind::Timeout)
+                    .detail(detail)
+                    .note(note::WAIT_ECHO),
+            );
+        }
+        Ok(heard)
     }
 
-    /// Read (and report) whatever comes until the server's FIN or until `wait` passes.
-    fn await_eof(&mut self, wait: Duration) -> Result<Heard> {
-        self.read_until(wait, |_| false)
+    /// Read (and report) whatever comes until the server's FIN or until `--wait` passes
+    /// (then a `timeout` event).
+    fn await_eof(&mut self) -> Result<Heard> {
+        let heard = self.read_until(self.wait, |_| false)?;
+        if heard == Heard::Nothing {
+            let detail = format!("no FIN within {}", secs(self.wait));
+            self.emit(
+                self.event(Kind::Timeout)
+                    .detail(detail)
+                    .note(note::WAIT_FIN),
+            );
+        }
+        Ok(heard)
+    }
+
+    /// Stay connected and idle for `hold`, still reading: a FIN meanwhile is seen at once.
+    fn hold(&mut self, hold: Duration) -> Result<Heard> {
+        self.read_until(hold, |_| false)
     }
 
     fn read_until(&mut self, wait: Duration, done: impl Fn(&Client) -> bool) -> Result<Heard> {
@@ -210,6 +275,9 @@ impl Client {
             (false, false) => note::CLOSE_FIRST,
         };
         let event = Event::new(Kind::Close).addrs(self.local, self.peer);
+        let open_fd = Arc::clone(&self.open_fd);
+        let mut open = lock(&open_fd); // a Ctrl-C now waits until the close is reported
+        *open = None;
         drop(self.stream); // the FIN goes out here
         self.out.emit(event.note(why));
     }
@@ -222,6 +290,9 @@ impl Client {
         let event = Event::new(Kind::Abort)
             .addrs(self.local, self.peer)
             .note(note::ABORT);
+        let open_fd = Arc::clone(&self.open_fd);
+        let mut open = lock(&open_fd); // a Ctrl-C now waits until the abort is reported
+        *open = None;
         drop(self.stream); // the RST goes out here
         self.out.emit(event);
         Ok(())
@@ -238,6 +309,70 @@ impl Client {
     }
 }
 
+/// `5 s`, `0.5 s`: a duration as the learner gave it.
+fn secs(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+/// Ctrl-C (or SIGTERM) ends the client at once, wherever it is blocked (on stdin, in a read,
+/// in a pause): the handler reports the close the kernel is about to do for us, then exits.
+/// It borrows the socket's descriptor (never a copy of it) to read the state and what is left
+/// unread; if the socket is already closed, that close was reported and there is nothing to add.
+fn close_on_ctrl_c(client: &Client) -> Result<()> {
+    let open_fd = Arc::clone(&client.open_fd);
+    let out = Arc::clone(&client.out);
+    let (local, peer) = (client.local, client.peer);
+    ctrlc::set_handler(move || {
+        let open = lock(&open_fd);
+        if let Some(fd) = *open {
+            // SAFETY: the descriptor stays open while we hold the lock (close() and abort()
+            // clear it under the lock before closing), and we exit still holding it.
+            let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+            out.emit(ctrl_c_close(&socket, local, peer));
+        }
+        out.flush();
+        std::process::exit(0); // the kernel closes every descriptor: the FIN (or RST) goes out
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+/// The close the kernel is about to do for an interrupted client: data left unread makes it
+/// an RST; a FIN already sent (shutdown) leaves nothing to send.
+fn ctrl_c_close(
+    socket: &BorrowedFd<'_>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+) -> Event {
+    let state = tcp_state::of(socket);
+    let why = if unread_bytes(socket) > 0 {
+        note::CLOSE_CTRL_C_UNREAD
+    } else if matches!(
+        state,
+        Some("FIN_WAIT1" | "FIN_WAIT2" | "CLOSING" | "TIME_WAIT")
+    ) {
+        note::CLOSE_CTRL_C_AFTER_FIN
+    } else {
+        note::CLOSE_CTRL_C
+    };
+    Event::new(Kind::Close)
+        .addrs(local, peer)
+        .state(state)
+        .detail("Ctrl-C")
+        .note(why)
+}
+
+/// How many received bytes wait unread in the socket's receive buffer (FIONREAD).
+fn unread_bytes(socket: &impl AsRawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`; the descriptor is open for the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// `--send`, `--count`, `--bye`: a fixed script, each send answered before the next.
 fn scripted(mut client: Client, args: &ClientArgs) -> Result<()> {
     let mut messages: Vec<String> = args.send.clone();
@@ -251,17 +386,16 @@ fn scripted(mut client: Client, args: &ClientArgs) -> Result<()> {
         }
         client.send(format!("{text}\n").as_bytes())?;
         // A half-closing client sends everything first and reads the echoes after its FIN.
-        if !args.half_close && client.await_echo(REPLY_WAIT)? == Heard::Eof {
+        if !args.half_close && client.await_echo()? == Heard::Eof {
             break; // the server closed: there is nobody left to talk to
         }
     }
     if args.bye && !client.peer_closed {
         client.send(b"Bye\n")?;
-        client.await_eof(REPLY_WAIT)?;
+        client.await_eof()?;
     }
     if let Some(secs) = args.hold.filter(|_| !client.peer_closed) {
-        // Idle, but still reading: if the server closes meanwhile, we see its FIN at once.
-        client.await_eof(Duration::from_secs_f64(secs))?;
+        client.hold(Duration::from_secs_f64(secs))?;
     }
     finish(client, args)
 }
@@ -273,7 +407,7 @@ fn finish(mut client: Client, args: &ClientArgs) -> Result<()> {
     }
     if args.half_close && !client.peer_closed {
         client.shutdown_write()?;
-        client.await_eof(REPLY_WAIT)?;
+        client.await_eof()?;
     }
     client.close();
     Ok(())
@@ -308,7 +442,7 @@ fn interactive(mut client: Client, args: &ClientArgs) -> Result<()> {
         Watch::StdinEnded => {
             // Let the echoes of what we sent come home, then close the way we were asked.
             client.stream.set_nonblocking(false)?;
-            client.await_echo(REPLY_WAIT)?;
+            client.await_echo()?;
             finish(client, args)
         }
     }

@@ -72,6 +72,16 @@ pub enum Kind {
     Error,
     Stop,
     Summary,
+    /// Chat: a member entered a room.
+    Join,
+    /// Chat: a member left a room (or the chat), with the reason.
+    Leave,
+    /// Chat: a member changed its nick.
+    Nick,
+    /// Chat: one line relayed to the other members of a room (or to one, `/msg`).
+    Relay,
+    /// A TCP segment seen on the wire (`--wire`), not a call.
+    Packet,
 }
 
 impl Kind {
@@ -97,12 +107,17 @@ impl Kind {
             Kind::Error => "error",
             Kind::Stop => "stop",
             Kind::Summary => "summary",
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+            Kind::Nick => "nick",
+            Kind::Relay => "relay",
+            Kind::Packet => "packet",
         }
     }
 
     /// Per-message events, dropped by `--quiet`.
     pub fn is_data(self) -> bool {
-        matches!(self, Kind::Recv | Kind::Send)
+        matches!(self, Kind::Recv | Kind::Send | Kind::Relay)
     }
 
     /// The label's colour: green opens, yellow FIN/EOF and orderly ends, red RST and errors,
@@ -117,8 +132,11 @@ impl Kind {
             Kind::Refused | Kind::Abort | Kind::Reset | Kind::BrokenPipe | Kind::Error => {
                 label.red().bold()
             }
-            Kind::Recv | Kind::Send | Kind::WouldBlock => label.dimmed(),
+            Kind::Recv | Kind::Send | Kind::WouldBlock | Kind::Relay => label.dimmed(),
             Kind::Summary => label.bold(),
+            Kind::Join | Kind::Nick => label.green(),
+            Kind::Leave => label.yellow(),
+            Kind::Packet => label.blue(),
         }
     }
 }
@@ -145,6 +163,9 @@ pub struct Event {
     pub errno: Option<&'static str>,
     /// Facts that fit no other field ("backlog 128", "exit status 101"), for people and scripts.
     pub detail: Option<String>,
+    /// The process id, on `listen`: so a learner can point strace, ss -p or pstree at this
+    /// very server, and not at someone else's on a shared machine.
+    pub pid: Option<u32>,
     /// Bytes left unread in our receive buffer when we closed: the kernel discarded them
     /// and sent an RST instead of a FIN.
     pub unread: Option<usize>,
@@ -153,8 +174,37 @@ pub struct Event {
     pub discarded: Option<usize>,
     /// Counters, on `summary` events.
     pub stats: Vec<(&'static str, Value)>,
+    /// Chat: the room (without `#`) a `join`, `leave` or `relay` is about.
+    pub room: Option<String>,
+    /// Chat: the member's nick (`nick`: the new one).
+    pub nick: Option<String>,
+    /// Chat: who said the relayed line (`relay`); the old nick (`nick`).
+    pub from: Option<String>,
+    /// Chat: how many members received the relayed line (`relay`).
+    pub to: Option<u64>,
     /// What happened on the wire and in the kernel, and why.
     pub note: Cow<'static, str>,
+    /// A `packet` event's segment (`--wire`).
+    pub packet: Option<PacketFacts>,
+    /// When the kernel saw it (nanoseconds since the Unix epoch): a packet is stamped with
+    /// the capture's time, not the time it is printed.
+    pub at_ns: Option<u128>,
+}
+
+/// What a `packet` event says about its segment (JSON: `flags`, `seq`, `ack`, `len`,
+/// `from`, `to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketFacts {
+    /// `SYN`, `SYN,ACK`, `PSH,ACK`, `FIN,ACK`, `RST`, …
+    pub flags: String,
+    /// Counted from the sender's first sequence number (its SYN is 0).
+    pub seq: u32,
+    /// Counted from the receiver's first; absent when the ACK flag is not set.
+    pub ack: Option<u32>,
+    /// Payload bytes.
+    pub len: usize,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
 }
 
 impl Event {
@@ -170,10 +220,17 @@ impl Event {
             tcp_state: None,
             errno: None,
             detail: None,
+            pid: None,
             unread: None,
             discarded: None,
             stats: Vec::new(),
+            room: None,
+            nick: None,
+            from: None,
+            to: None,
             note: Cow::Borrowed(""),
+            packet: None,
+            at_ns: None,
         }
     }
 
@@ -212,6 +269,11 @@ impl Event {
         self
     }
 
+    pub fn pid(mut self, pid: u32) -> Event {
+        self.pid = Some(pid);
+        self
+    }
+
     pub fn unread(mut self, bytes: usize) -> Event {
         self.unread = Some(bytes);
         self
@@ -224,6 +286,30 @@ impl Event {
 
     pub fn stat(mut self, name: &'static str, value: impl Into<Value>) -> Event {
         self.stats.push((name, value.into()));
+        self
+    }
+
+    /// Chat: the room the event is about.
+    pub fn room(mut self, room: impl Into<String>) -> Event {
+        self.room = Some(room.into());
+        self
+    }
+
+    /// Chat: the member's nick.
+    pub fn nick(mut self, nick: impl Into<String>) -> Event {
+        self.nick = Some(nick.into());
+        self
+    }
+
+    /// Chat: who said it (`relay`), or the old nick (`nick`).
+    pub fn from(mut self, from: impl Into<String>) -> Event {
+        self.from = Some(from.into());
+        self
+    }
+
+    /// Chat: how many received it (`relay`).
+    pub fn to(mut self, to: u64) -> Event {
+        self.to = Some(to);
         self
     }
 
@@ -271,11 +357,26 @@ impl Event {
         if let Some(detail) = &e.detail {
             obj.insert("detail".into(), detail.clone().into());
         }
+        if let Some(pid) = e.pid {
+            obj.insert("pid".into(), pid.into());
+        }
         if let Some(unread) = e.unread {
             obj.insert("unread".into(), unread.into());
         }
         if let Some(discarded) = e.discarded {
             obj.insert("discarded".into(), discarded.into());
+        }
+        if let Some(room) = &e.room {
+            obj.insert("room".into(), room.clone().into());
+        }
+        if let Some(nick) = &e.nick {
+            obj.insert("nick".into(), nick.clone().into());
+        }
+        if let Some(from) = &e.from {
+            obj.insert("from".into(), from.clone().into());
+        }
+        if let Some(to) = e.to {
+            obj.insert("to".into(), to.into());
         }
         if !e.stats.is_empty() {
             let stats: Map<String, Value> = e
@@ -284,6 +385,16 @@ impl Event {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
             obj.insert("stats".into(), stats.into());
+        }
+        if let Some(p) = &e.packet {
+            obj.insert("flags".into(), p.flags.clone().into());
+            obj.insert("seq".into(), p.seq.into());
+            if let Some(ack) = p.ack {
+                obj.insert("ack".into(), ack.into());
+            }
+            obj.insert("len".into(), p.len.into());
+            obj.insert("from".into(), p.from.to_string().into());
+            obj.insert("to".into(), p.to.to_string().into());
         }
         if explain && !e.note.is_empty() {
             obj.insert("note".into(), e.note.as_ref().into());
@@ -300,6 +411,8 @@ pub const EPOCH_ENV: &str = "TCP_LAB_EPOCH_NS";
 pub enum Role {
     Server,
     Client,
+    /// The packet capture (`--wire`): what crossed the wire, not a call.
+    Wire,
 }
 
 impl Role {
@@ -307,6 +420,7 @@ impl Role {
         match self {
             Role::Server => "server",
             Role::Client => "client",
+            Role::Wire => "wire",
         }
     }
 }
@@ -326,6 +440,9 @@ pub struct Output {
     flush_each: bool,
     /// Columns to wrap notes at.
     width: usize,
+    /// `client --name`: shown instead of the role in text, and as JSON `name`, so two
+    /// clients printing to one terminal can be told apart.
+    name: Option<String>,
     start: Instant,
     sink: Sink,
 }
@@ -363,6 +480,10 @@ struct Queue {
     in_flight: u64,
     /// Events dropped: the queue was full, or stdout failed.
     dropped: u64,
+    /// stdout failed (closed: `tcp-lab serve | head`), rather than being slow.
+    failed: bool,
+    /// A wait for the queue to be written ran out: nobody waits again until a batch is out.
+    stuck: bool,
 }
 
 /// The most event text a server holds for a slow stdout: memory stays bounded.
@@ -432,16 +553,19 @@ impl Shedding {
             let mut queue = self.lock();
             queue.writing = false;
             queue.in_flight = 0;
+            queue.stuck = false;
             if written.is_err() {
+                queue.failed = true;
                 queue.dropped += events;
             }
             self.drained.notify_all();
         }
     }
 
-    /// Wait up to `limit` for the queue to be written out; the events still unwritten
-    /// then, plus those dropped before, are lost.
-    fn finish(&self, limit: Duration) -> u64 {
+    /// Wait up to `limit` for the queue to be written out. Returns the lock, and whether
+    /// it was. A wait that ran out marks stdout as stuck; the writer clears the mark when
+    /// it gets a batch out.
+    fn wait_written(&self, limit: Duration) -> (std::sync::MutexGuard<'_, Queue>, bool) {
         let deadline = Instant::now() + limit;
         let mut queue = self.lock();
         queue.ready = true;
@@ -449,7 +573,8 @@ impl Shedding {
         while queue.writing || !queue.bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                queue.stuck = true;
+                return (queue, false);
             }
             queue = self
                 .drained
@@ -457,7 +582,14 @@ impl Shedding {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        queue.dropped + queue.events + queue.in_flight
+        (queue, true)
+    }
+
+    /// Before exiting: what was dropped, plus what is still unwritten after `limit`; and
+    /// whether stdout failed (closed) rather than being slow.
+    fn finish(&self, limit: Duration) -> (u64, bool) {
+        let (queue, _) = self.wait_written(limit);
+        (queue.dropped + queue.events + queue.in_flight, queue.failed)
     }
 }
 
@@ -473,6 +605,7 @@ impl Output {
             quiet: false,
             flush_each: true,
             width: note_width(),
+            name: None,
             start: Instant::now(),
             sink: Sink::Direct(Mutex::new(BufWriter::with_capacity(
                 64 * 1024,
@@ -488,6 +621,12 @@ impl Output {
     /// Drop per-message events (`--quiet`).
     pub fn quiet(mut self, quiet: bool) -> Output {
         self.quiet = quiet;
+        self
+    }
+
+    /// Label every event with `name` (`client --name`).
+    pub fn named(mut self, name: Option<String>) -> Output {
+        self.name = name;
         self
     }
 
@@ -512,19 +651,36 @@ impl Output {
         }
     }
 
+    /// Write out what is queued and wait until it is, at most `limit`: for an order between
+    /// processes that share our stdout (the process model prints a child's `spawn` before
+    /// the child prints anything). While stdout stays stuck, it does not wait again.
+    pub fn flush_and_wait(&self, limit: Duration) {
+        match &self.sink {
+            Sink::Direct(_) => self.flush(),
+            Sink::Shedding(shedding) => {
+                if !shedding.lock().stuck {
+                    let _written = shedding.wait_written(limit);
+                }
+            }
+        }
+    }
+
     /// Before exiting: write out what is queued, waiting at most `limit` for a stdout that
     /// nobody reads, and say on stderr how many events were lost.
     pub fn finish(&self, limit: Duration) {
-        let lost = match &self.sink {
+        let (lost, failed) = match &self.sink {
             Sink::Direct(_) => return self.flush(),
             Sink::Shedding(shedding) => shedding.finish(limit),
         };
         if lost > 0 {
-            let line = format!(
-                "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at most \
-{} KiB of events wait for it)\n",
-                QUEUE_LIMIT / 1024
-            );
+            let line = match failed {
+                true => format!("tcp-lab: {lost} events were not written: stdout was closed\n"),
+                false => format!(
+                    "tcp-lab: {lost} events were dropped: stdout was not read fast enough (at \
+most {} KiB of events wait for it)\n",
+                    QUEUE_LIMIT / 1024
+                ),
+            };
             // stderr may be a pipe nobody reads too: try from a thread, and do not wait long.
             let (done, wait) = std::sync::mpsc::channel();
             let _ = std::thread::Builder::new().spawn(move || {
@@ -591,11 +747,21 @@ impl Output {
         }
     }
 
+    /// Seconds since the start: now, or when the kernel saw a packet.
+    fn seconds(&self, e: &Event) -> f64 {
+        match e.at_ns {
+            Some(at_ns) => at_ns.saturating_sub(self.epoch_ns()) as f64 / 1e9,
+            None => self.start.elapsed().as_secs_f64(),
+        }
+    }
+
     fn json_line(&self, e: &Event) -> String {
-        let ts = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
-        let mut line = e
-            .to_json(ts, self.role, self.mode, self.explain)
-            .to_string();
+        let ts = (self.seconds(e) * 1e6).round() / 1e6;
+        let mut json = e.to_json(ts, self.role, self.mode, self.explain);
+        if let (Some(name), Value::Object(obj)) = (&self.name, &mut json) {
+            obj.shift_insert(2, "name".into(), name.as_str().into()); // after ts and role
+        }
+        let mut line = json.to_string();
         line.push('\n');
         line
     }
@@ -603,12 +769,13 @@ impl Output {
     /// `  0.532 server #1  recv        6 bytes "hello\n"            ESTABLISHED`
     /// `                   ↳ read() returned 6 bytes: …`
     fn text_lines(&self, e: &Event) -> String {
-        let ts = format!("{:8.3}", self.start.elapsed().as_secs_f64());
+        let ts = format!("{:8.3}", self.seconds(e));
+        let who = self.name.as_deref().unwrap_or(self.role.name());
         let who = match e.conn {
-            Some(id) => format!("{} #{id}", self.role.name()),
-            None => self.role.name().to_string(),
+            Some(id) => format!("{who} #{id}"),
+            None => who.to_string(),
         };
-        let mut facts = text_facts(e);
+        let mut facts = text_facts(e, self.width);
         // The state stands apart from the facts, by two spaces even when it is alone.
         let first_gap = if facts.is_empty() { "  " } else { " " };
         if let Some(state) = e.tcp_state {
@@ -698,8 +865,9 @@ fn note_width() -> usize {
         .min(100)
 }
 
-/// The facts of an event for people: addresses, sizes, payload, errno, detail.
-fn text_facts(e: &Event) -> Vec<String> {
+/// The facts of an event for people: addresses, sizes, payload, errno, detail. The payload is
+/// cut to what fits on the line at `width` (JSON keeps its whole preview).
+fn text_facts(e: &Event, width: usize) -> Vec<String> {
     let mut facts = Vec::new();
     match e.kind {
         Kind::Listen => facts.extend(e.local.map(|l| format!("on {l}"))),
@@ -710,18 +878,54 @@ fn text_facts(e: &Event) -> Vec<String> {
         }
         _ => {}
     }
+    if let Some(p) = &e.packet {
+        facts.push(format!("{} → {}", p.from, p.to));
+        facts.push(p.flags.clone());
+        facts.push(format!("seq={}", p.seq));
+        facts.extend(p.ack.map(|ack| format!("ack={ack}")));
+        facts.push(format!("len={}", p.len));
+    }
     if let Some(bytes) = e.bytes {
         facts.push(format!("{bytes} bytes"));
     }
     if let Some(data) = &e.data {
-        let more = if e.data_truncated { "…" } else { "" };
-        facts.push(format!("\"{data}\"{more}"));
+        // What goes on the line besides: the facts before it, and the state after it (which
+        // moves to the next line rather than leave almost no room for the data).
+        let before: usize = facts.iter().map(|f| visible_len(f) + 2).sum();
+        let after = e.tcp_state.map_or(0, |state| state.len() + 4);
+        // (text_lines counts the gap after the label as one column more.)
+        let room = width.saturating_sub(FACTS_INDENT + 1 + before);
+        let bytes = e.bytes.unwrap_or(0);
+        let room = match room.checked_sub(after) {
+            Some(left) if left >= suffix_len(bytes) + MIN_PREVIEW => left,
+            _ => room,
+        };
+        facts.push(data_fact(data, bytes, e.data_truncated, room));
     }
     if let Some(errno) = e.errno {
         facts.push(errno.red().to_string());
     }
+    // Chat: `alice (was user3) #lobby → 4`
+    if let (Kind::Relay, Some(from)) = (e.kind, &e.from) {
+        facts.push(format!("<{from}>"));
+    }
+    if let Some(nick) = &e.nick {
+        facts.push(nick.clone());
+    }
+    if let (Kind::Nick, Some(old)) = (e.kind, &e.from) {
+        facts.push(format!("(was {old})"));
+    }
+    if let Some(room) = &e.room {
+        facts.push(format!("#{room}"));
+    }
+    if let Some(to) = e.to {
+        facts.push(format!("to {to}"));
+    }
     if let Some(detail) = &e.detail {
         facts.push(detail.clone());
+    }
+    if let Some(pid) = e.pid {
+        facts.push(format!("pid {pid}"));
     }
     if let Some(unread) = e.unread {
         facts.push(format!("{unread} bytes unread"));
@@ -735,9 +939,70 @@ fn text_facts(e: &Event) -> Vec<String> {
     facts
 }
 
-/// Show bytes from a peer safely: valid UTF-8 is kept, every control character (C0, DEL,
-/// C1, bidi overrides) and every invalid byte is escaped (`\n`, `\x1B`, `\xC4`, `\u{202E}`).
-/// A backslash is doubled, so the escaped text reads back unambiguously.
+/// The payload for people, in quotes, within `room` columns: cut where it would not fit (or
+/// where the preview ended), and then followed by how many bytes are not shown, so a 4 KiB read
+/// is one line, not a screenful: `"\x00\x00…"… (4080 more bytes)`.
+fn data_fact(data: &str, bytes: usize, preview_cut: bool, room: usize) -> String {
+    let whole = format!("\"{data}\"");
+    if !preview_cut && whole.chars().count() <= room {
+        return whole;
+    }
+    let (shown, shown_bytes) = cut_escaped(
+        data,
+        room.saturating_sub(suffix_len(bytes)).max(MIN_PREVIEW),
+    );
+    let more = bytes.saturating_sub(shown_bytes);
+    format!("\"{shown}\"… ({more} more bytes)")
+}
+
+/// The quotes and the `… (N more bytes)` of a cut payload, with the largest N it can show.
+fn suffix_len(bytes: usize) -> usize {
+    format!("\"\"… ({bytes} more bytes)").chars().count()
+}
+
+/// Never cut a payload shorter than this, however narrow the room.
+const MIN_PREVIEW: usize = 8;
+
+/// The longest start of escaped text that fits `columns` without splitting an escape (`\xNN`,
+/// `\u{…}`, `\n`), and how many of the original bytes it stands for.
+fn cut_escaped(escaped: &str, columns: usize) -> (&str, usize) {
+    let mut chars = escaped.char_indices().peekable();
+    let (mut end, mut used, mut bytes) = (0, 0, 0);
+    while let Some((at, c)) = chars.next() {
+        let (len, width, stands_for) = match (c, chars.peek().map(|&(_, next)| next)) {
+            ('\\', Some('x')) => (4, 4, 1),
+            ('\\', Some('u')) => {
+                let close = escaped[at..]
+                    .find('}')
+                    .map_or(escaped.len() - at, |i| i + 1);
+                let code = u32::from_str_radix(&escaped[at + 3..at + close - 1], 16).ok();
+                let original = code.and_then(char::from_u32).map_or(1, char::len_utf8);
+                (close, close, original)
+            }
+            ('\\', Some(_)) => (2, 2, 1),
+            (c, _) => (c.len_utf8(), 1, c.len_utf8()),
+        };
+        if used + width > columns {
+            break;
+        }
+        used += width;
+        bytes += stands_for;
+        end = at + len;
+        // Skip the rest of this escape.
+        while chars.peek().is_some_and(|&(next_at, _)| next_at < end) {
+            chars.next();
+        }
+    }
+    (&escaped[..end], bytes)
+}
+
+/// Show bytes from a peer safely: valid UTF-8 is kept, every control character and every
+/// invalid byte is escaped. The text reads back unambiguously ([`unescape`]):
+/// - `\n`, `\r`, `\t`, and `\\` for a backslash;
+/// - `\xNN`: one byte — an ASCII control (C0, DEL: `\x1B`) or a byte that is not UTF-8
+///   (`\xC4`, `\x9B`);
+/// - `\u{N}`: one character — a C1 control (`\u{9B}`, two bytes in UTF-8) or a bidi
+///   override (`\u{202E}`).
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
@@ -757,7 +1022,9 @@ fn push_escaped_char(out: &mut String, c: char) {
         '\r' => out.push_str("\\r"),
         '\t' => out.push_str("\\t"),
         '\\' => out.push_str("\\\\"),
-        c if (c as u32) < 0x100 && c.is_control() => {
+        // One byte of ASCII (C0, DEL). A C1 control is a character of two bytes: it goes
+        // below as `\u{9B}`, so it cannot be mistaken for the invalid byte 0x9B (`\x9B`).
+        c if c.is_ascii_control() => {
             let _ = write!(out, "\\x{:02X}", c as u32);
         }
         c if c.is_control() || is_bidi_control(c) => {
@@ -765,6 +1032,39 @@ fn push_escaped_char(out: &mut String, c: char) {
         }
         c => out.push(c),
     }
+}
+
+/// The bytes an [`escape_bytes`] text stands for (None if it is not one).
+pub fn unescape(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push(b'\n'),
+            'r' => out.push(b'\r'),
+            't' => out.push(b'\t'),
+            '\\' => out.push(b'\\'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                (hex.len() == 2).then_some(())?;
+                out.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            'u' => {
+                (chars.next()? == '{').then_some(())?;
+                let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let c = char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?;
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Characters that reorder the text around them: a peer could make a line lie.
@@ -795,7 +1095,8 @@ mod tests {
         assert_eq!(escape_bytes("你好".as_bytes()), "你好");
         assert_eq!(escape_bytes(b"a\nb\r\t"), "a\\nb\\r\\t");
         assert_eq!(escape_bytes(b"\x1b[31m\x00\x7f"), "\\x1B[31m\\x00\\x7F");
-        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\x9B");
+        assert_eq!(escape_bytes("\u{9b}".as_bytes()), "\\u{9B}");
+        assert_eq!(escape_bytes(b"\x9b"), "\\x9B");
         assert_eq!(escape_bytes("\u{202e}".as_bytes()), "\\u{202E}");
         assert_eq!(escape_bytes(b"back\\slash"), "back\\\\slash");
     }
@@ -856,8 +1157,83 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_is_stamped_with_the_kernels_time_on_the_events_clock() {
+        let args = OutputArgs {
+            format: Format::Json,
+            color: ColorChoice::Never,
+            no_explain: false,
+        };
+        let out = Output::new(Role::Wire, None, &args);
+        let mut packet = Event::new(Kind::Packet);
+        packet.at_ns = Some(out.epoch_ns() + 1_500_000_000);
+        packet.packet = Some(PacketFacts {
+            flags: "FIN,ACK".into(),
+            seq: 7,
+            ack: Some(8),
+            len: 0,
+            from: "127.0.0.1:7788".parse().unwrap(),
+            to: "127.0.0.1:40000".parse().unwrap(),
+        });
+        let line: Value = serde_json::from_str(&out.json_line(&packet)).unwrap();
+        // Two reads of two clocks (realtime, monotonic) apart: equal within a microsecond or so.
+        let ts = line["ts"].as_f64().unwrap();
+        assert!((ts - 1.5).abs() < 1e-3, "{ts}");
+        assert_eq!(line["role"], "wire");
+        assert_eq!(line["kind"], "packet");
+        assert_eq!(line["flags"], "FIN,ACK");
+        assert_eq!(
+            (line["seq"].as_u64(), line["ack"].as_u64()),
+            (Some(7), Some(8))
+        );
+        assert_eq!(line["from"], "127.0.0.1:7788");
+        assert_eq!(line["to"], "127.0.0.1:40000");
+    }
+
+    #[test]
     fn visible_len_skips_colour() {
         assert_eq!(visible_len("\x1b[36m[LISTEN]\x1b[0m"), 8);
+    }
+
+    #[test]
+    fn a_payload_is_cut_to_the_line_and_says_how_much_is_left() {
+        let zeros = Event::new(Kind::Recv).payload(&[0u8; 4096]);
+        let facts = text_facts(&zeros, 100);
+        let data = &facts[1];
+        assert_eq!(
+            data,
+            &format!("\"{}\"… (4088 more bytes)", "\\x00".repeat(8))
+        );
+        assert!(FACTS_INDENT + visible_len(&facts[0]) + 2 + visible_len(data) <= 100);
+        // At 100 columns the state still fits on the line; at 80 it goes under the facts.
+        let args = OutputArgs {
+            format: Format::Text,
+            color: ColorChoice::Never,
+            no_explain: true,
+        };
+        let mut out = Output::new(Role::Server, None, &args);
+        let zeros = zeros.state(Some("ESTABLISHED"));
+        for (width, lines) in [(100, 1), (80, 2)] {
+            out.width = width;
+            let shown = out.text_lines(&zeros);
+            assert_eq!(shown.lines().count(), lines, "{shown}");
+            for line in shown.lines() {
+                assert!(visible_len(line) <= width, "{shown}");
+            }
+        }
+        // Short enough: whole, no suffix.
+        let short = Event::new(Kind::Recv).payload(b"hello\n");
+        assert_eq!(text_facts(&short, 80)[1], "\"hello\\n\"");
+        // A cut never splits an escape, and counts what each escape stands for.
+        assert_eq!(cut_escaped("ab\\x00\\u{202E}é", 5), ("ab", 2));
+        assert_eq!(cut_escaped("ab\\x00\\u{202E}é", 6), ("ab\\x00", 3));
+        assert_eq!(
+            cut_escaped("ab\\x00\\u{202E}é", 14),
+            ("ab\\x00\\u{202E}", 6)
+        );
+        assert_eq!(
+            cut_escaped("ab\\x00\\u{202E}é", 15),
+            ("ab\\x00\\u{202E}é", 8)
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! | [`server::nonblocking`] | one thread asking every socket: EAGAIN, and a core burnt on it | 04 |
 //! | [`server::select`] | one thread in select(2): the fd_set rebuilt each turn, the scan, the FD_SETSIZE wall | 05 |
 //! | [`server::poll`] | one thread sleeping in epoll/kqueue; oneshot re-arm; backpressure | 05, 11 |
+//! | [`chat`] | rooms and protocol with no sockets: lines in, messages out; framing lines over a byte stream | 12 |
+//! | [`server::chat_threaded`] | the chat in threads: rooms behind a lock, a bounded queue per member | 12 |
+//! | [`server::chat_poll`] | the chat in one loop: no lock, one thread owns everything | 12 |
+//! | [`server::talk`] | the operator talks to one client: half-duplex (blocking) vs full-duplex (poll) | 12 |
 //! | [`server::event_loop`] | what a connection needs between turns: queued output, deadlines | 04, 05 |
 //! | [`client`] | connect, half-close, abort; watching stdin and the socket together | 07–09 |
 //! | [`outcome`] | what a socket call's result means: 0 is a FIN, ECONNRESET an RST, … | 06, 07 |
@@ -21,6 +25,7 @@
 //! | [`bench`] | every model measured on this machine: msgs/s, latency, CPU per message | 13 |
 //! | [`cli`] | the command line | 00 |
 //! | [`lesson`] | the course (lessons/*.md), embedded in the binary | all |
+//! | [`wire`] | `--wire`: the packets on `lo`, captured and put on the calls' timeline | 00, 06, 07 |
 //!
 //! [`server`] holds what every mode shares: options, bind/listen, Ctrl-C and the summary.
 
@@ -34,6 +39,7 @@ compile_error!(
 );
 
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod demo;
@@ -43,6 +49,7 @@ pub mod note;
 pub mod outcome;
 pub mod server;
 pub mod tcp_state;
+pub mod wire;
 
 use anyhow::Result;
 
@@ -79,15 +86,63 @@ fn demo_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(names)
 }
 
+/// The name the shell completes: the installed binary.
+const BIN: &str = "tcp-lab";
+
 /// Write the completion script for `shell` to stdout.
 fn print_completions(shell: clap_complete::Shell) {
-    clap_complete::generate(shell, &mut command(), "tcp-lab", &mut std::io::stdout());
+    print!("{}", completion_script(shell));
+}
+
+/// The completion script for `shell`, made from [`completion_command`].
+pub fn completion_script(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut completion_command(), BIN, &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => fix_bash_state_names(&script),
+        _ => script,
+    }
+}
+
+/// The command line as completions offer it: [`command`] without its hidden subcommands
+/// (`serve-child` is tcp-lab talking to itself, never something to type). clap cannot remove
+/// a subcommand, so the top level is rebuilt around the visible ones.
+fn completion_command() -> clap::Command {
+    let full = command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .cloned()
+        .collect();
+    clap::Command::new(BIN)
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .subcommand_required(true)
+        .subcommands(visible)
+}
+
+/// clap_complete's bash script (4.6.11 and 4.6.12) names its states two ways when the
+/// binary's name has a dash: the loop that reads the words sets `cmd="tcp__lab__subcmd__demo"`,
+/// but the `case` that completes matches `tcp__subcmd__lab__subcmd__demo)`, so nothing after
+/// the subcommand ever completed (clap-rs/clap#6421). Spell the labels as the loop does.
+fn fix_bash_state_names(script: &str) -> String {
+    let loop_name = BIN.replace('-', "__"); // tcp__lab
+    let label_name = BIN.replace('-', "__subcmd__"); // tcp__subcmd__lab
+    script.replace(
+        &format!("{label_name}__subcmd__"),
+        &format!("{loop_name}__subcmd__"),
+    )
 }
 
 /// Run one command. Errors come back as values, for `main` to print as one line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            if let Err(why) = server::app_fits(&args) {
+                let usage = clap::error::ErrorKind::ArgumentConflict;
+                command().error(usage, why).exit(); // exit 2, as for any usage error
+            }
             event::set_color(args.output.color);
             server::run(&args)
         }

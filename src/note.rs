@@ -80,10 +80,10 @@ closed its socket and sent the FIN. The peer learns nothing of the crash itself"
 
 pub const ABORT: &str =
     "close() with SO_LINGER 0: the kernel sends an RST instead of a FIN and drops \
-anything unsent. The peer's next read fails ECONNRESET; nobody keeps a TIME_WAIT";
+anything unsent. The peer's next call, read or write, fails ECONNRESET; nobody keeps a TIME_WAIT";
 
 pub const CLOSE_UNREAD: &str = "close() with data still unread in our receive buffer: the kernel \
-sends an RST instead of a FIN and discards the data. The peer's read fails ECONNRESET";
+sends an RST instead of a FIN and discards the data. The peer's next read or write fails ECONNRESET";
 
 /// The note for a close that finds input still unread (FIONREAD > 0): the kernel discards
 /// it and sends an RST, not the FIN that `fin_note` describes.
@@ -133,7 +133,8 @@ those bytes unread the kernel sends an RST, not a FIN: the peer's read fails ECO
 
 pub const RESET: &str =
     "ECONNRESET: the peer's RST arrived (it closed with SO_LINGER 0, or with data \
-it never read, or we wrote after it was gone). The connection is destroyed at once";
+it never read, or we wrote after it was gone). The connection is destroyed at once; the first call \
+after an RST, read or write, reports it, and later writes fail EPIPE";
 
 pub const BROKEN_PIPE: &str =
     "write() failed EPIPE: the connection is already dead (its FIN came, and \
@@ -166,6 +167,10 @@ pub const EXIT_THREAD: &str = "the handler thread returned after its connection 
 pub const EXIT_THREAD_PANIC: &str =
     "the handler thread panicked: unwinding dropped its socket, so the \
 kernel sent the FIN (an RST, had data been left unread). Only this thread died; the server and its other connections go on";
+
+pub const EXIT_THREAD_PANIC_UNREAD: &str = "the handler thread panicked: unwinding dropped its \
+socket with the peer's bytes still unread, so the kernel sent an RST, not a FIN. Only this thread \
+died; the server and its other connections go on";
 
 pub const SPAWN_PROCESS: &str = "a child process now serves this connection with the socket it \
 inherited. The parent closes its own copy: while any process holds one, the connection stays open \
@@ -201,3 +206,67 @@ pub const SELECT_LIMIT: &str = "select() watches descriptors through an fd_set, 
 FD_SETSIZE (1024) bits: a descriptor at or above it cannot be put in the set (writing past the \
 bitmap is undefined behaviour), so the connection is accepted, told why, and closed. poll and \
 epoll have no such wall";
+
+pub const WAIT_ECHO: &str = "we stopped waiting for the echo (--wait): not all we sent has come \
+back yet. Giving up sends nothing on the wire; the connection stays open and the client goes on";
+
+pub const WAIT_FIN: &str = "we stopped waiting for the server's FIN (--wait): giving up sends \
+nothing on the wire; the client now closes its side as asked";
+
+pub const CONNECT_TIMEOUT: &str = "connect() gave up (--connect-timeout): no SYN-ACK came. A \
+listener whose accept queue (backlog) is full drops SYNs without an answer, and our kernel resent \
+ours after 1 s, 3 s, …; the socket stayed SYN_SENT. Closing it sends nothing: there was never a \
+connection";
+
+pub const CLOSE_CTRL_C: &str = "Ctrl-C: the client exits without calling close(); the kernel \
+closes its socket for it and sends our FIN, and the server's read returns 0 (EOF)";
+
+pub const CLOSE_CTRL_C_UNREAD: &str = "Ctrl-C with data still unread in our receive buffer: the \
+kernel closes the socket for the exiting client with an RST instead of a FIN and discards the \
+data; the server's next read or write fails ECONNRESET";
+
+pub const CLOSE_CTRL_C_AFTER_FIN: &str =
+    "Ctrl-C after our FIN already went out: the kernel closes \
+the socket for the exiting client and sends nothing new";
+
+pub const EOF_NAIVE_DEMO: &str =
+    "read() returned 0: the server's FIN, which had arrived some 300 ms \
+earlier, while this naive client sat blocked reading its stdin (a pipe: the demo types each line \
+into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
+into that closed connection still succeeded (into our kernel); the server's kernel answered it \
+with an RST, so the next write fails EPIPE";
+
+pub const CHAT_JOIN: &str = "a member entered a room: the others there were told `* NICK joined`";
+
+pub const CHAT_LEAVE: &str = "a member left a room: the others there were told, with the reason";
+
+pub const CHAT_NICK: &str =
+    "a member changed its nick; nicks are unique, so the old one is free again";
+
+pub const CHAT_RELAY: &str = "one line, framed out of the byte stream at its newline, copied into \
+the queue of every other member of the room; each queue is written when its socket can take it";
+
+pub const CHAT_DROPPED: &str =
+    "more than 64 KiB of text waited for this member: it is not reading. \
+Keeping it would let one slow reader grow the server's memory without bound (or, with blocking \
+writes, stall everyone who talks to it), so it is dropped and its room told";
+
+pub const CHAT_ABORT_DROPPED: &str = "close() with SO_LINGER 0: the kernel discards the bytes it \
+still held for this peer and sends an RST, instead of trying for minutes to deliver them; the \
+peer's reads fail ECONNRESET once the RST arrives";
+
+pub const CHAT_TOO_LONG: &str = "no newline within --max-line bytes: a line can only be held \
+whole, so holding more would let one peer grow our memory without bound. It is told why, and closed";
+
+pub const CHAT_CLOSE_TOO_LONG: &str = "close() after the refusal went out: the rest of the \
+over-long line was read and thrown away first, so the kernel sends a FIN, not an RST (closing \
+with unread input sends an RST)";
+
+pub const CHAT_QUIT: &str = "/quit: the server closes first. Anything sent after it was read and \
+thrown away, so the kernel sends our FIN (not an RST), and this side ends in TIME_WAIT";
+
+pub const TALK_RECV: &str = "the client's words: read() returned what had arrived. In half-duplex \
+(blocking) the server now waits for its operator, and reads nothing more until the reply is sent";
+
+pub const TALK_OPERATOR_EOF: &str = "the operator ended its input (Ctrl-D): we close, the kernel \
+sends our FIN, and the server stops: there is nobody left to talk";

@@ -1,8 +1,10 @@
 //! The one place that turns a socket call's result into what it means on the wire.
 //!
-//! A read that returns `Ok(0)` is the peer's FIN; `ECONNRESET` is the peer's RST; `EPIPE` is a
-//! write into a connection that is already dead. Every server mode and the client go through
-//! these functions, so a phenomenon is named the same way everywhere.
+//! A read that returns `Ok(0)` is the peer's FIN; `ECONNRESET` is the peer's RST, reported once,
+//! by the first call after it (a read or a write); `EPIPE` is a write into a connection that is
+//! already dead (its RST reported already, or one that came while our socket was CLOSE_WAIT).
+//! Every server mode and the client go through these functions, so a phenomenon is named the
+//! same way everywhere.
 
 use std::io;
 
@@ -30,7 +32,8 @@ pub enum WriteOutcome {
     Wrote(usize),
     /// `EPIPE`: the connection is dead; writing can never succeed again.
     BrokenPipe,
-    /// `ECONNRESET`: the peer's RST arrived while we were writing.
+    /// `ECONNRESET`: the peer's RST arrived before this write. The first call after an RST,
+    /// read or write, reports it; writes after that fail `EPIPE`.
     Reset,
     /// The send buffer is full (`EAGAIN`): wait until the socket is writable.
     WouldBlock,

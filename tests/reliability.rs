@@ -324,3 +324,222 @@ fn defect_5_connections_queued_together_are_accepted_in_one_turn(mode: &str) {
     );
     drop(peers);
 }
+
+in_modes!(
+    [blocking, threaded, process, nonblocking, select, poll]
+    defect_6_bytes_after_the_bye_word_in_the_same_read_are_counted_as_discarded,
+);
+
+/// One write: a line, the bye word, then binary bytes. The line is echoed; the close event
+/// says how many bytes were not (the bye word's line and everything after it), where they
+/// used to vanish without a word. Then the FIN: nothing was left unread.
+fn defect_6_bytes_after_the_bye_word_in_the_same_read_are_counted_as_discarded(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut peer = raw_peer(port);
+    let after = b"Bye\nbinary\x00\xffdata\nBye\n";
+    let sent = [b"hello\n".as_slice(), after].concat();
+    peer.write_all(&sent).unwrap();
+    let (echoed, ended) = read_to_end_or_error(&mut peer);
+    assert_eq!(echoed, b"hello\n");
+    assert!(ended.is_ok(), "the peer's read ended {ended:?}, not EOF");
+    let recv = server.expect_conn("recv", 1);
+    assert_eq!(recv["bytes"], sent.len(), "one read expected: {recv}");
+    let close = server.expect_conn("close", 1);
+    assert_eq!(close["discarded"], after.len(), "{close}");
+    assert_eq!(
+        echoed.len() as u64 + close["discarded"].as_u64().unwrap(),
+        sent.len() as u64
+    );
+}
+
+/// `--bye-word ""` would close on every blank line, and a word longer than one read (64 KiB)
+/// could never match: both are usage errors (exit 2) that say why.
+#[test]
+fn defect_6_an_empty_blank_or_too_long_bye_word_is_a_usage_error() {
+    let too_long = "x".repeat(64 * 1024 + 1);
+    for (word, why) in [
+        ("", "empty"),
+        ("  ", "blank"),
+        ("Bye ", "whitespace"),
+        (too_long.as_str(), "could never match"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--port", "0", "--bye-word", word])
+            .output()
+            .expect("run tcp-lab");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{word:.10?}: {stderr:.300}");
+        assert!(
+            stderr.contains("--bye-word") && stderr.contains(why),
+            "{word:.10?}: {stderr:.300}"
+        );
+    }
+    // The longest word that fits in one read is accepted.
+    let longest = "x".repeat(64 * 1024);
+    let (mut server, _port) = server("poll", &["--bye-word", &longest]);
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit().success());
+}
+
+/// The invalid byte 0x9B and the character U+009B (C2 9B in UTF-8) used to print the same
+/// `\x9B`. Now the byte is `\x9B` and the character `\u{9B}`, and each reads back to the
+/// bytes that arrived.
+#[test]
+fn defect_7_the_byte_9b_and_the_character_u009b_are_escaped_apart() {
+    let (mut server, port) = server("poll", &[]);
+    let mut peer = raw_peer(port);
+    let mut shown = Vec::new();
+    for bytes in [b"a\x9bz".as_slice(), "a\u{9b}z".as_bytes()] {
+        peer.write_all(bytes).unwrap();
+        assert_eq!(read_exactly(&mut peer, bytes.len()), bytes);
+        let recv = server.expect_conn("recv", 1);
+        let data = recv["data"].as_str().unwrap().to_string();
+        assert_eq!(tcp_lab::event::unescape(&data).as_deref(), Some(bytes));
+        shown.push(data);
+    }
+    assert_eq!(shown, ["a\\x9Bz", "a\\u{9B}z"]);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Shutdown;
+    use tcp_lab::event::{escape_bytes, unescape};
+
+    /// Whether a character may reach a terminal as it is.
+    fn is_safe(c: char) -> bool {
+        !c.is_control()
+            && !matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+
+    proptest! {
+        /// Any bytes: the text holds no control character and reads back to the same bytes.
+        #[test]
+        fn escaping_is_safe_and_reads_back(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let text = escape_bytes(&bytes);
+            prop_assert!(text.chars().all(is_safe), "{text:?}");
+            prop_assert_eq!(unescape(&text), Some(bytes));
+        }
+
+        /// Text with characters of every width (C1 controls, bidi overrides, CJK) reads back too.
+        #[test]
+        fn escaping_text_reads_back(text in "\\PC*|[\\u{80}-\\u{9f}\\u{202a}-\\u{202e}\\\\x]*") {
+            let escaped = escape_bytes(text.as_bytes());
+            prop_assert!(escaped.chars().all(is_safe), "{escaped:?}");
+            prop_assert_eq!(unescape(&escaped), Some(text.into_bytes()));
+        }
+    }
+
+    /// Pieces a stream is made of: the bye word (with or without a newline), lines, binary.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"Bye".to_vec()),
+            Just(b"Bye\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"Bye \r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 1..40),
+        ];
+        proptest::collection::vec(piece, 1..12).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Send `bytes` in pieces cut at `cuts`, then our FIN; what came back before the end.
+    fn send_in_pieces(port: u16, bytes: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut peer = raw_peer(port);
+        peer.set_nodelay(true).unwrap();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort();
+        cuts.push(bytes.len());
+        let mut start = 0;
+        for cut in cuts {
+            // The server may have closed already (the bye word): later writes may fail.
+            if peer.write_all(&bytes[start..cut.max(start)]).is_err() {
+                break;
+            }
+            start = cut.max(start);
+        }
+        let _ = peer.shutdown(Shutdown::Write);
+        read_to_end_or_error(&mut peer).0
+    }
+
+    /// For connection `conn`: the bytes of its recv events and its closing event.
+    fn received_and_end(server: &mut Proc, conn: u64) -> (u64, serde_json::Value) {
+        // `close` (our FIN), or `abort` if the bye word left bytes unread (an RST).
+        let is_end = |e: &serde_json::Value| {
+            e["conn"] == conn && (e["kind"] == "close" || e["kind"] == "abort")
+        };
+        let end = loop {
+            if let Some(end) = server.seen.iter().find(|e| is_end(e)) {
+                break end.clone();
+            }
+            let event = server.next_event(WAIT);
+            assert!(
+                event.is_some(),
+                "conn {conn} never closed:\n{}",
+                server.history()
+            );
+        };
+        let received = server
+            .seen
+            .iter()
+            .filter(|e| e["conn"] == conn && e["kind"] == "recv")
+            .map(|e| e["bytes"].as_u64().unwrap())
+            .sum();
+        (received, end)
+    }
+
+    fn bye_word_accounts_for_every_byte(mode: &str) {
+        let (server, port) = server(mode, &[]);
+        // One server for every case; its connections are numbered 1, 2, … in order.
+        let server = std::cell::RefCell::new((server, 0u64));
+        let config = ProptestConfig {
+            cases: 40,
+            ..ProptestConfig::default()
+        };
+        let pieces = proptest::collection::vec(any::<usize>(), 0..6);
+        proptest!(config, |(bytes in stream(), cuts in pieces)| {
+            let (server, conn) = &mut *server.borrow_mut();
+            *conn += 1;
+            let echoed = send_in_pieces(port, &bytes, &cuts);
+            let (received, end) = received_and_end(server, *conn);
+            let discarded = end["discarded"].as_u64().unwrap_or(0);
+            prop_assert_eq!(echoed.len() as u64 + discarded, received, "{}", end);
+            prop_assert_eq!(&echoed[..], &bytes[..echoed.len()]);
+        });
+    }
+
+    #[test]
+    fn bye_word_echoed_plus_discarded_is_every_byte_received_blocking() {
+        bye_word_accounts_for_every_byte("blocking");
+    }
+
+    #[test]
+    fn bye_word_echoed_plus_discarded_is_every_byte_received_poll() {
+        bye_word_accounts_for_every_byte("poll");
+    }
+}
+
+in_modes!(
+    [blocking, threaded, nonblocking, select, poll]
+    defect_3_a_crash_with_bytes_unread_says_rst,
+);
+
+/// `--crash-after 1 --delay 300`: while the handler "works" on `a`, the peer sends `b`,
+/// which nobody reads. The crash then closes the socket over it: the kernel sends an RST
+/// (the peer reads `a`, then ECONNRESET), and the crash's event says so.
+fn defect_3_a_crash_with_bytes_unread_says_rst(mode: &str) {
+    let (mut server, port) = server(mode, &["--crash-after", "1", "--delay", "300"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"a").unwrap();
+    server.expect_conn("recv", 1); // read, and now waiting out the delay
+    peer.write_all(b"b").unwrap();
+    let (got, ended) = read_to_end_or_error(&mut peer);
+    assert_eq!(got, b"a");
+    assert!(
+        is_reset(&ended),
+        "the peer's read ended {ended:?}, not ECONNRESET"
+    );
+    let kind = if mode == "threaded" { "exit" } else { "abort" };
+    let crash = server.expect_where(kind, |e| e["conn"] == 1 && e["unread"] == 1);
+    let note = crash["note"].as_str().unwrap_or_default();
+    assert!(note.contains("RST"), "{crash}");
+}

@@ -129,6 +129,39 @@ fn wire(packet: Option<(Packet, Side)>) -> String {
     packet.paint(&arrow).to_string()
 }
 
+/// The wire column of a captured packet: its flags on an arrow from `from`, coloured as the
+/// inferred arrows are (RST red, FIN yellow, SYN green, the rest plain).
+fn captured_wire(flags: &str, from: Side) -> String {
+    let inner = format!(" {flags} ");
+    let len = inner.chars().count();
+    let line = "─".repeat(WIRE.saturating_sub(len + 3));
+    let arrow = match from {
+        Side::Client => format!("──{inner}{line}▶"),
+        Side::Server => format!("◀{line}{inner}──"),
+    };
+    let has = |flag: &str| flags.split(',').any(|f| f == flag);
+    if has("RST") {
+        arrow.red().to_string()
+    } else if has("FIN") {
+        arrow.yellow().to_string()
+    } else if has("SYN") {
+        arrow.green().to_string()
+    } else {
+        arrow
+    }
+}
+
+/// How the demo's arrows were made, said in the header when it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrows {
+    /// From the calls (the default; the header says nothing).
+    Inferred,
+    /// From the calls, because `--wire` could not capture: the header says so.
+    InferredNoCapture,
+    /// The packets captured on `lo` (`--wire`): one arrow per packet, none inferred.
+    Captured,
+}
+
 /// A piece of a side's text and how it is coloured.
 struct Piece {
     text: String,
@@ -196,13 +229,7 @@ fn joined(line: &[Piece]) -> (String, usize) {
 
 /// One row or more: the time, the client's text, the wire, the server's text. Text too long
 /// for its column continues on the next rows, beside an empty wire.
-fn rows(
-    out: &mut String,
-    time: Option<f64>,
-    side: Side,
-    pieces: Vec<Piece>,
-    packet: Option<(Packet, Side)>,
-) {
+fn rows(out: &mut String, time: Option<f64>, side: Side, pieces: Vec<Piece>, first_wire: String) {
     let width = match side {
         Side::Client => LEFT,
         Side::Server => RIGHT,
@@ -216,7 +243,11 @@ fn rows(
             (0, Some(t)) => format!("{t:>TIME$.3}"),
             _ => " ".repeat(TIME),
         };
-        let wire = if i == 0 { wire(packet) } else { wire(None) };
+        let wire = if i == 0 {
+            first_wire.clone()
+        } else {
+            wire(None)
+        };
         let (text, used) = joined(line);
         let bar = "│".dimmed();
         match side {
@@ -239,7 +270,7 @@ fn wire_row(out: &mut String, packet: Packet, from: Side, text: Option<&str>) {
         .map(|t| Piece::new(t, Style::Dim))
         .into_iter()
         .collect();
-    rows(out, None, from, pieces, Some((packet, from)));
+    rows(out, None, from, pieces, wire(Some((packet, from))));
 }
 
 fn note_rows(out: &mut String, note: &str) {
@@ -273,8 +304,10 @@ fn ix(side: Side) -> usize {
     }
 }
 
-/// Draw the whole timeline.
-pub fn render(events: &[Value], explain: bool) -> String {
+/// Draw the whole timeline; with [`Arrows::Captured`], the `packet` events are the arrows.
+pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
+    let captured = arrows == Arrows::Captured;
+    let servers = server_ports(events);
     let keys = conn_keys(events);
     let labels = conn_labels(events, &keys);
     let many = labels.len() > 1;
@@ -282,12 +315,17 @@ pub fn render(events: &[Value], explain: bool) -> String {
     let elided = labels.len().saturating_sub(shown.len());
 
     let mut out = String::new();
+    let legend = match arrows {
+        Arrows::Inferred => "",
+        Arrows::InferredNoCapture => "(arrows inferred)",
+        Arrows::Captured => "packets on lo",
+    };
     let _ = writeln!(
         out,
-        "{:>TIME$} {:>LEFT$} {:WIRE$}  {}",
+        "{:>TIME$} {:>LEFT$} {:^WIRE$}  {}",
         "time".dimmed(),
         "client".bold(),
-        "",
+        legend.dimmed(),
         "server".bold()
     );
     let mut drawn: HashMap<&str, Drawn> = HashMap::new();
@@ -295,6 +333,12 @@ pub fn render(events: &[Value], explain: bool) -> String {
     let mut told_elision = false;
 
     for (e, key) in events.iter().zip(&keys) {
+        if e["kind"] == "packet" {
+            if captured {
+                packet_row(&mut out, e, &servers, &labels, &shown, many);
+            }
+            continue;
+        }
         if key.as_deref().is_some_and(|k| !shown.contains(k)) {
             if !told_elision {
                 told_elision = true;
@@ -330,6 +374,8 @@ pub fn render(events: &[Value], explain: bool) -> String {
             Kind::Connect if e["errno"] == "EINPROGRESS" => {
                 packet = Some((Packet::SynDropped, Side::Client));
             }
+            // With a capture the packets draw themselves: nothing is inferred.
+            _ if captured => {}
             Kind::Connect | Kind::Accept if !d.handshake => {
                 d.handshake = true;
                 wire_row(&mut out, Packet::Syn, Side::Client, None);
@@ -353,6 +399,17 @@ pub fn render(events: &[Value], explain: bool) -> String {
                 packet = Some((Packet::Rst, side));
             }
             Kind::Abort => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
+            // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
+            Kind::Timeout if side == Side::Client => {}
+            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
+            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
+                (d.rst[me], d.gone[me]) = (true, true);
+                packet = Some((Packet::Rst, side));
+            }
+            Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
@@ -381,7 +438,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
             }
             _ => {}
         }
-        let answered_by_rst = kind == Kind::Send && d.gone[them] && !d.rst[them];
+        let answered_by_rst = !captured && kind == Kind::Send && d.gone[them] && !d.rst[them];
         if answered_by_rst {
             d.rst[them] = true;
         }
@@ -389,7 +446,7 @@ pub fn render(events: &[Value], explain: bool) -> String {
         if is_wide(e, kind) {
             wide_row(&mut out, time, e, kind);
         } else {
-            rows(&mut out, time, side, pieces, packet);
+            rows(&mut out, time, side, pieces, wire(packet));
         }
         if answered_by_rst {
             wire_row(
@@ -406,8 +463,66 @@ pub fn render(events: &[Value], explain: bool) -> String {
     out
 }
 
+/// The ports servers listen on (and clients connect to): a packet to one of them goes from
+/// the client's side.
+pub(super) fn server_ports(events: &[Value]) -> HashSet<u16> {
+    let mut ports = HashSet::new();
+    for e in events {
+        let addr = match (e["role"].as_str(), e["kind"].as_str()) {
+            (Some(SERVER), Some("listen")) => &e["local"],
+            (Some(CLIENT), _) => &e["peer"],
+            _ => continue,
+        };
+        ports.extend(super::port_of(addr));
+    }
+    ports
+}
+
+/// One captured packet: its time, its numbers on the sender's side, its flags on the arrow.
+fn packet_row(
+    out: &mut String,
+    e: &Value,
+    servers: &HashSet<u16>,
+    labels: &HashMap<&str, u64>,
+    shown: &HashSet<String>,
+    many: bool,
+) {
+    let (from, to) = (
+        e["from"].as_str().unwrap_or(""),
+        e["to"].as_str().unwrap_or(""),
+    );
+    let to_server = super::port_of(&e["to"]).is_some_and(|p| servers.contains(&p));
+    let (side, client) = if to_server {
+        (Side::Client, from)
+    } else {
+        (Side::Server, to)
+    };
+    if labels.contains_key(client) && !shown.contains(client) {
+        return;
+    }
+    let mut pieces = Vec::new();
+    if let Some(label) = labels.get(client).filter(|_| many) {
+        pieces.push(Piece::new(format!("#{label}"), Style::Dim));
+    }
+    pieces.push(Piece::new(format!("seq={}", e["seq"]), Style::Dim));
+    if let Some(ack) = e["ack"].as_u64() {
+        pieces.push(Piece::new(format!("ack={ack}"), Style::Dim));
+    }
+    if let Some(len) = e["len"].as_u64().filter(|&n| n > 0) {
+        pieces.push(Piece::new(format!("len={len}"), Style::Dim));
+    }
+    let flags = e["flags"].as_str().unwrap_or("?");
+    rows(
+        out,
+        e["ts"].as_f64(),
+        side,
+        pieces,
+        captured_wire(flags, side),
+    );
+}
+
 fn kind_of(e: &Value) -> Kind {
-    const KINDS: [Kind; 20] = [
+    const KINDS: [Kind; 25] = [
         Kind::Listen,
         Kind::Accept,
         Kind::Connect,
@@ -428,6 +543,11 @@ fn kind_of(e: &Value) -> Kind {
         Kind::Error,
         Kind::Stop,
         Kind::Summary,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Nick,
+        Kind::Relay,
+        Kind::Packet,
     ];
     let name = e["kind"].as_str().unwrap_or("");
     KINDS
@@ -497,14 +617,30 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
             vec![label(call), plain(format!("= {errno}"))]
         }
         Kind::BrokenPipe => vec![label("write()"), plain(format!("= {errno}"))],
+        Kind::Timeout if e["role"] == "client" => vec![label("gave up waiting")],
         Kind::Timeout => vec![label("idle: close()")],
         Kind::Limit => vec![label("full: close()")],
         Kind::Spawn => vec![label("spawn")],
         Kind::Exit => vec![label("exit")],
         Kind::WouldBlock => vec![label("WouldBlock")],
         Kind::Error => vec![label("error"), plain(errno.to_string())],
-        Kind::Stop => vec![label("Ctrl-C: stop")],
+        // Every stop in a demo is the demo's doing: it sends the server SIGINT.
+        Kind::Stop => vec![label("SIGINT from the demo: stop")],
         Kind::Summary => vec![label("kernel's socket table")],
+        // Chat: what the rooms did with a line or a member.
+        Kind::Join | Kind::Leave => vec![
+            label(kind.name()),
+            plain(format!("{} #{}", text(e, "nick"), text(e, "room"))),
+        ],
+        Kind::Nick => vec![
+            label("nick"),
+            plain(format!("{} → {}", text(e, "from"), text(e, "nick"))),
+        ],
+        Kind::Relay => vec![
+            label("relay"),
+            plain(format!("<{}> to {}", text(e, "from"), e["to"])),
+        ],
+        Kind::Packet => vec![label("packet")],
     };
     if let Some(data) = e["data"].as_str() {
         let shown: String = data.chars().take(14).collect();
@@ -518,6 +654,11 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// A string field of an event, or nothing.
+fn text<'a>(e: &'a Value, field: &str) -> &'a str {
+    e[field].as_str().unwrap_or("")
 }
 
 /// Number the connections: the server's own numbers, and the next free ones for clients the
@@ -591,7 +732,7 @@ mod tests {
         events.push(json!({"ts": 0.5, "role": "server", "kind": "summary",
             "stats": {"connections": 6, "loop_iterations": 123456789, "wouldblock": 987654321,
                       "cpu_ms": 1000, "bytes_echoed": 1800, "turned_away": 0}}));
-        let text = render(&events, true);
+        let text = render(&events, true, Arrows::Inferred);
         assert!(widths(&text).iter().all(|&w| w <= WIDTH), "{text}");
         assert!(text.contains("… 3 more connections"), "{text}");
     }
@@ -604,7 +745,7 @@ mod tests {
             json!({"ts": 0.3, "role": "client", "kind": "send", "local": "c", "bytes": 2}),
             json!({"ts": 0.4, "role": "client", "kind": "eof", "local": "c"}),
         ];
-        let text = render(&events, false);
+        let text = render(&events, false, Arrows::Inferred);
         let arrows: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split('│').nth(1))
@@ -623,5 +764,50 @@ mod tests {
             ],
             "{text}"
         );
+    }
+
+    #[test]
+    fn captured_packets_are_the_arrows_and_nothing_is_inferred() {
+        let c = "127.0.0.1:40000";
+        let s = "127.0.0.1:7788";
+        let packet = |ts: f64, flags: &str, from: &str, to: &str, seq: u64, len: u64| {
+            json!({"ts": ts, "role": "wire", "kind": "packet", "flags": flags, "seq": seq,
+                   "ack": 1, "len": len, "from": from, "to": to})
+        };
+        let events = vec![
+            json!({"ts": 0.0, "role": "server", "kind": "listen", "local": s}),
+            packet(0.1, "SYN", c, s, 0, 0),
+            packet(0.1, "SYN,ACK", s, c, 0, 0),
+            json!({"ts": 0.1, "role": "client", "kind": "connect", "local": c, "peer": s}),
+            packet(0.2, "PSH,ACK", c, s, 1, 2),
+            json!({"ts": 0.2, "role": "client", "kind": "send", "local": c, "peer": s, "bytes": 2}),
+            packet(0.3, "RST", s, c, 1, 0),
+        ];
+        let text = render(&events, false, Arrows::Captured);
+        let arrows: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split('│').nth(1))
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(
+            arrows,
+            [
+                "── SYN ────────────▶",
+                "◀──────── SYN,ACK ──",
+                "── PSH,ACK ────────▶",
+                "◀──────────── RST ──",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("packets on lo"), "{text}");
+        assert!(
+            text.contains("seq=1 ack=1 len=2│"),
+            "the sender's numbers: {text}"
+        );
+        // Without a capture the same events draw nothing from the packets.
+        let inferred = render(&events, false, Arrows::InferredNoCapture);
+        assert!(inferred.contains("(arrows inferred)"), "{inferred}");
+        assert!(!inferred.contains("PSH,ACK"), "{inferred}");
     }
 }

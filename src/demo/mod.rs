@@ -12,6 +12,7 @@
 
 mod ladder;
 mod scenarios;
+mod wire_check;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -28,7 +29,9 @@ use serde_json::Value;
 
 use crate::cli::DemoArgs;
 use crate::event::Format;
-use crate::event::{Event, Role, EPOCH_ENV};
+use crate::event::{Event, Kind, Role, EPOCH_ENV};
+use crate::wire::{self, Capture};
+use ladder::Arrows;
 
 pub use scenarios::{Scenario, SCENARIOS};
 
@@ -43,16 +46,14 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub const CLIENT: &str = "client";
 pub const SERVER: &str = "server";
+pub const WIRE: &str = "wire";
 
 /// `tcp-lab demo`: list the scenarios, or run one and draw its timeline.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    if args.list {
-        for scenario in SCENARIOS {
-            println!("{:<20} {}", scenario.name, scenario.about);
-        }
+    let Some(name) = args.name.as_deref().filter(|_| !args.list) else {
+        list(args.list);
         return Ok(());
-    }
-    let name = args.name.as_deref().unwrap_or_default();
+    };
     let scenario = SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         anyhow!(
@@ -68,13 +69,23 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         } else {
             " "
         };
-        println!("{}{gap}{}", title.bold(), scenario.about);
+        let _ = writeln!(std::io::stdout(), "{}{gap}{}", title.bold(), scenario.about);
         let _ = std::io::stdout().flush();
     }
 
     let mut lab = Lab::new(args.port)?;
+    let arrows = lab.capture(&args.wire)?;
     let result = (scenario.run)(&mut lab);
+    let ended = lab.now();
     let events = causal_order(lab.finish());
+    // What the scenario showed through the calls, the wire must show too.
+    let result = match arrows {
+        Arrows::Captured => result.and_then(|shown| {
+            let wire = wire_check::check(scenario.name, &events)?;
+            Ok(format!("{shown}; on the wire: {wire}"))
+        }),
+        _ => result,
+    };
 
     let explain = !args.output.no_explain;
     let mut stdout = std::io::stdout().lock();
@@ -90,10 +101,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }
         }
         Format::Text => {
-            let _ = write!(stdout, "{}", ladder::render(&events, explain));
+            let _ = write!(stdout, "{}", ladder::render(&events, explain, arrows));
         }
     }
     let _ = stdout.flush();
+    if !text {
+        // The verdict is one more JSON object, the last line, for scripts as for people.
+        let _ = writeln!(stdout, "{}", verdict(name, ended, &result));
+        let _ = stdout.flush();
+    }
     match result {
         Ok(shown) => {
             let line = format!("shown: {shown}");
@@ -107,14 +123,68 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                     };
                     let _ = writeln!(stdout, "{mark} {}", part.bold());
                 }
-            } else {
-                eprintln!("tcp-lab demo {name}: {line}");
             }
             Ok(())
         }
+        // A port someone else holds is the learner's to fix, not a failed lesson.
+        Err(error) if error.downcast_ref::<PortInUse>().is_some() => Err(error),
         Err(error) => Err(error.context(format!("demo {name} did not show what it teaches"))),
     }
 }
+
+/// `tcp-lab demo` or `--list`: every scenario, one a line; without `--list` (a learner
+/// browsing), a title and a hint too, as `tcp-lab lesson` does.
+fn list(bare: bool) {
+    let mut text = String::new();
+    if !bare {
+        text.push_str(&format!("{}\n", "The tcp-lab demos".bold()));
+    }
+    for scenario in SCENARIOS {
+        text.push_str(&format!("{:<20} {}\n", scenario.name, scenario.about));
+    }
+    if !bare {
+        text.push_str(
+            "\nRun one with `tcp-lab demo NAME`; `--format json` prints its events as JSON lines.\n",
+        );
+    }
+    // A reader that left early (`| head`) is not an error.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+/// The demo's verdict as JSON: `{"role":"demo","kind":"verdict","demo":…,"shown":…,"detail":…}`.
+fn verdict(name: &str, ts: f64, result: &Result<String>) -> Value {
+    let (shown, detail) = match result {
+        Ok(shown) => (true, shown.clone()),
+        Err(error) if error.downcast_ref::<PortInUse>().is_some() => (false, format!("{error:#}")),
+        Err(error) => (false, format!("did not show what it teaches: {error:#}")),
+    };
+    serde_json::json!({
+        "ts": (ts * 1e6).round() / 1e6,
+        "role": "demo",
+        "kind": "verdict",
+        "demo": name,
+        "shown": shown,
+        "detail": detail,
+    })
+}
+
+/// The port the demo was told to use (`--port`) is taken: said as such, and not as a demo
+/// that failed to show its point.
+#[derive(Debug)]
+pub struct PortInUse(pub u16);
+
+impl std::fmt::Display for PortInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "port {} is in use — is another server running? leave out --port (the kernel \
+picks a free one) or pick another",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PortInUse {}
 
 /// A child process of the demo, stopped when dropped.
 struct Proc {
@@ -197,6 +267,8 @@ pub struct Lab {
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     procs: Vec<Proc>,
+    /// `--wire`: the packet capture, its packets arriving as events like the children's.
+    capture: Option<Capture>,
 }
 
 impl Lab {
@@ -215,7 +287,53 @@ impl Lab {
             tx,
             rx,
             procs: Vec::new(),
+            capture: None,
         })
+    }
+
+    /// `--wire`: capture the demo's packets, each one an event on the demo's clock. The ports
+    /// are added as servers listen ([`Lab::push`]) and clients are sent to them.
+    fn capture(&mut self, args: &crate::cli::WireArgs) -> Result<Arrows> {
+        let tx = self.tx.clone();
+        let epoch_ns = self.epoch_ns;
+        self.capture = wire::start(args, &[], move |packet| {
+            let ts = packet.at_ns.saturating_sub(epoch_ns) as f64 / 1e9;
+            let ts = (ts * 1e6).round() / 1e6;
+            let event = wire::event(&packet).to_json(ts, Role::Wire, None, true);
+            let _ = tx.send(Msg::Event(event));
+        })?;
+        Ok(match (&self.capture, args.wanted()) {
+            (Some(_), _) => Arrows::Captured,
+            (None, true) => Arrows::InferredNoCapture,
+            (None, false) => Arrows::Inferred,
+        })
+    }
+
+    /// Whether the packets are being captured (`--wire`, and allowed).
+    pub fn capturing(&self) -> bool {
+        self.capture.is_some()
+    }
+
+    /// With a capture, wait until the packets so far satisfy `holds` (given every `packet`
+    /// event); without one, return at once.
+    pub fn wait_wire(&mut self, what: &str, holds: impl Fn(&[&Value]) -> bool) -> Result<()> {
+        if !self.capturing() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + STEP_WAIT;
+        loop {
+            let packets: Vec<&Value> = self.events.iter().filter(|e| e["role"] == WIRE).collect();
+            if holds(&packets) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "expected {what} on the wire within {} s, but it did not come",
+                    STEP_WAIT.as_secs()
+                );
+            }
+            self.pump(Duration::from_millis(20));
+        }
     }
 
     /// Seconds since the demo started: the clock every event shares.
@@ -290,7 +408,11 @@ impl Lab {
                 if let Some(reader) = proc.stderr_reader.take() {
                     let _ = reader.join();
                 }
-                bail!("the server did not start: {}", proc.stderr_text());
+                let said = proc.stderr_text();
+                if said.contains("already in use") && self.port != 0 {
+                    return Err(PortInUse(self.port).into());
+                }
+                bail!("the server did not start: {said}");
             }
             self.pump(Duration::from_millis(10));
         }
@@ -303,6 +425,9 @@ impl Lab {
 
     /// `tcp-lab client --port PORT ARGS`.
     pub fn client(&mut self, port: u16, args: &[&str]) -> Result<ProcId> {
+        if let Some(capture) = &self.capture {
+            capture.watch(port);
+        }
         let port = port.to_string();
         let mut all = vec!["client", "--port", port.as_str()];
         all.extend_from_slice(args);
@@ -367,6 +492,12 @@ impl Lab {
     }
 
     fn push(&mut self, event: Value) {
+        // A server now listens: its port's packets are the demo's.
+        if let (Some(capture), true) = (&self.capture, event["kind"] == "listen") {
+            if let Some(port) = port_of(&event["local"]) {
+                capture.watch(port);
+            }
+        }
         self.events.push(event);
         self.taken.push(false);
     }
@@ -380,6 +511,15 @@ impl Lab {
                 Msg::Done(index) => self.procs[index].drained = true,
             }
             next = self.rx.try_recv().ok();
+        }
+    }
+
+    /// Replace the note of every event so far that satisfies `matches`: for where the demo
+    /// knows more of the story than the process that printed it (what fed a client's stdin).
+    pub fn renote(&mut self, matches: impl Fn(&Value) -> bool, note: &'static str) {
+        self.pump(Duration::ZERO);
+        for event in self.events.iter_mut().filter(|e| matches(e)) {
+            event["note"] = note.into();
         }
     }
 
@@ -511,7 +651,28 @@ impl Lab {
         while self.procs.iter().any(|p| !p.drained) && Instant::now() < deadline {
             self.pump(Duration::from_millis(20));
         }
+        self.stop_capture();
         std::mem::take(&mut self.events)
+    }
+
+    /// Stop the capture once it has read every packet of the run, and take them in. A capture
+    /// that fell behind says so, as an event: its picture of the wire is not whole.
+    fn stop_capture(&mut self) {
+        let Some(mut capture) = self.capture.take() else {
+            return;
+        };
+        let failed = match capture.stop() {
+            Ok(summary) if summary.dropped == 0 => None,
+            Ok(summary) => Some(format!(
+                "the capture missed {} packets (its queue was full): the wire shown is not whole",
+                summary.dropped
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        self.pump(Duration::ZERO);
+        if let Some(detail) = failed {
+            self.emit(Role::Wire, Event::new(Kind::Error).detail(detail));
+        }
     }
 }
 
@@ -553,6 +714,9 @@ fn brief(e: &Value) -> String {
     };
     if let Some(errno) = e["errno"].as_str() {
         text.push_str(&format!(" {errno}"));
+    }
+    if let Some(flags) = e["flags"].as_str() {
+        text.push_str(&format!(" {flags}"));
     }
     text
 }
@@ -621,6 +785,7 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
                 theirs.iter().copied().find(|&i| {
                     kinds.iter().any(|k| events[i]["kind"] == *k)
                         && events[i]["note"] != crate::note::CLOSE_SHARED
+                        && !is(&events[i], CLIENT, "timeout") // gave up waiting: sent nothing
                 })
             };
             let mut received = 0;
@@ -644,10 +809,12 @@ pub fn causal_order(mut events: Vec<Value>) -> Vec<Value> {
     let mut streams: Vec<Vec<usize>> = Vec::new();
     let mut stream_of: HashMap<String, usize> = HashMap::new();
     for (i, e) in events.iter().enumerate() {
-        let name = match (&keys[i], e["role"] == CLIENT) {
-            (Some(key), true) => format!("client {key}"),
-            (None, true) => format!("client event {i}"),
-            (_, false) => "server".to_string(),
+        let name = match (&keys[i], e["role"].as_str()) {
+            (Some(key), Some(CLIENT)) => format!("client {key}"),
+            (None, Some(CLIENT)) => format!("client event {i}"),
+            // Captured packets carry the kernel's own times: they need no reordering.
+            (_, Some(WIRE)) => "wire".to_string(),
+            _ => "server".to_string(),
         };
         let s = *stream_of.entry(name).or_insert_with(|| {
             streams.push(Vec::new());

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use super::{conn, is, port_of, ts, Lab, CLIENT, SERVER};
+use super::{conn, is, port_of, ts, Lab, PortInUse, CLIENT, SERVER};
 use crate::event::{Event, Kind, Role};
 use crate::server::Connection;
 use crate::{note, tcp_state};
@@ -120,6 +120,16 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "select-limit",
         about: "1,100 clients on select(): past fd 1023 each is turned away, with the reason",
         run: select_limit,
+    },
+    Scenario {
+        name: "chat-rooms",
+        about: "three users, two rooms, a rename, one leaves by RST: who hears what",
+        run: chat_rooms,
+    },
+    Scenario {
+        name: "half-duplex",
+        about: "talk in blocking mode: the client's second line waits for the operator",
+        run: half_duplex,
     },
 ];
 
@@ -257,7 +267,7 @@ fn nonblocking_spin(lab: &mut Lab) -> Result<String> {
 }
 
 /// How many clients poll-many opens at once.
-const MANY: usize = 1000;
+pub(super) const MANY: usize = 1000;
 
 fn poll_many(lab: &mut Lab) -> Result<String> {
     raise_fd_limit((MANY * 2 + 100) as libc::rlim_t)?;
@@ -306,7 +316,7 @@ fn poll_many(lab: &mut Lab) -> Result<String> {
         summary["stats"]["connections"]
     );
     let threads = threads.map_or(String::new(), |n| {
-        format!(" (its process has {n} threads: the loop, and the Ctrl-C handler's)")
+        format!(" (its process has {n} threads: the loop, the Ctrl-C handler's, and the one that writes the events to stdout)")
     });
     Ok(format!(
         "{MANY} clients were connected at once and each got its echo from one event-loop thread{threads}"
@@ -522,6 +532,8 @@ fn write_after_fin(lab: &mut Lab) -> Result<String> {
         is(e, CLIENT, "send") && e["data"] == "second\\n"
     })?;
     let eof = lab.wait("the read to return 0", |e| is(e, CLIENT, "eof"))?;
+    // The client's own note speaks of stdin; here it is the demo that types into it.
+    lab.renote(|e| is(e, CLIENT, "eof"), note::EOF_NAIVE_DEMO);
     lab.type_line(client, "third\n")?;
     let epipe = lab.wait("the next write to fail EPIPE", |e| {
         is(e, CLIENT, "broken_pipe")
@@ -577,9 +589,7 @@ fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind {addr}"))?;
+    bind(&socket, addr)?;
     socket.listen(backlog)?;
     let listener: TcpListener = socket.into();
     let event = Event::new(Kind::Listen)
@@ -589,6 +599,14 @@ fn raw_listener(lab: &mut Lab, backlog: i32) -> Result<TcpListener> {
         .note(note::LISTEN);
     lab.emit(Role::Server, event);
     Ok(listener)
+}
+
+/// bind() for the demo's own sockets: a port in use is said as such ([`PortInUse`]).
+fn bind(socket: &Socket, addr: SocketAddr) -> Result<()> {
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(PortInUse(addr.port()).into()),
+        result => result.with_context(|| format!("cannot bind {addr}")),
+    }
 }
 
 /// accept() on the demo's own listener, bounded in time: connection #1, announced.
@@ -645,9 +663,7 @@ fn refused(lab: &mut Lab) -> Result<String> {
     // Hold the port (bound, not listening) so nobody else takes it while the client tries.
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], lab.port));
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot bind {addr}"))?;
+    bind(&socket, addr)?;
     let port = socket
         .local_addr()?
         .as_socket()
@@ -694,19 +710,19 @@ fn half_close(lab: &mut Lab) -> Result<String> {
 // ---------------------------------------------------------------- what a stream is
 
 /// The size of byte-stream's one large write.
-const LARGE: usize = 200_000;
+pub(super) const LARGE: usize = 200_000;
 
 fn byte_stream(lab: &mut Lab) -> Result<String> {
     let listener = raw_listener(lab, 128)?;
     let port = listener.local_addr()?.port();
     let three = ["--send", "one", "--send", "two", "--send", "three"];
     lab.client(port, &[&three[..], &["--half-close"]].concat())?;
-    let mut conn = raw_accept(lab, &listener)?;
-    // The client writes three times before we read at all: its shutdown proves all three
-    // are in our receive buffer.
+    // The client writes three times before we accept or read at all: its shutdown proves
+    // all three are in our receive buffer (the kernel queued them on the unaccepted socket).
     lab.wait("the client's shutdown(Write)", |e| {
         is(e, CLIENT, "shutdown")
     })?;
+    let mut conn = raw_accept(lab, &listener)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = conn.stream.read(&mut buf).context("read() failed")?;
     let recv = conn.event(Kind::Recv).payload(&buf[..n]);
@@ -804,6 +820,11 @@ fn backlog_full(lab: &mut Lab) -> Result<String> {
             lab.emit(Role::Client, event.note(note::CONNECT_QUEUED));
         }
     }
+    // With --wire: the dropped SYNs are sent again after 1 s; keep the sockets until then.
+    lab.wait_wire(
+        "a dropped SYN sent again",
+        super::wire_check::syn_sent_again,
+    )?;
     ensure!(
         queued >= 1 && pending >= 1,
         "with a backlog of 1, {queued} connects completed and {pending} waited; expected both kinds"
@@ -944,5 +965,173 @@ fn select_limit(lab: &mut Lab) -> Result<String> {
         "{served} clients were served by one select() loop; the other {} {fds}, past an \
          fd_set's FD_SETSIZE = 1024 bits, and were accepted, told why, and closed with a FIN",
         turned_away.len()
+    ))
+}
+
+// ---------------------------------------------------------------- chat and talk (seed 004)
+
+/// A chat user the demo drives itself: a socket, and every line it has heard.
+struct ChatUser {
+    name: &'static str,
+    stream: TcpStream,
+    heard: Vec<String>,
+    unread: Vec<u8>,
+}
+
+impl ChatUser {
+    /// Connect and wait for the chat's welcome.
+    fn connect(lab: &mut Lab, port: u16, name: &'static str) -> Result<ChatUser> {
+        let mut user = ChatUser::open(lab, port, name)?;
+        user.hear(lab, "* welcome ")?;
+        Ok(user)
+    }
+
+    fn open(lab: &mut Lab, port: u16, name: &'static str) -> Result<ChatUser> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).context("connect() failed")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        lab.emit(
+            Role::Client,
+            client_event(&stream, Kind::Connect).note(note::CONNECT),
+        );
+        Ok(ChatUser {
+            name,
+            stream,
+            heard: Vec::new(),
+            unread: Vec::new(),
+        })
+    }
+
+    fn say(&mut self, lab: &mut Lab, line: &str) -> Result<()> {
+        let bytes = format!("{line}\n");
+        self.stream.write_all(bytes.as_bytes())?;
+        let event = client_event(&self.stream, Kind::Send).payload(bytes.as_bytes());
+        lab.emit(Role::Client, event.note(note::SEND));
+        Ok(())
+    }
+
+    /// Read until a line starting with `wanted` arrives; every line read is remembered.
+    fn hear(&mut self, lab: &mut Lab, wanted: &str) -> Result<String> {
+        loop {
+            if let Some(end) = self.unread.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.unread.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                self.heard.push(line.clone());
+                if line.starts_with(wanted) {
+                    return Ok(line);
+                }
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf).with_context(|| {
+                format!(
+                    "{} waited for {wanted:?}; heard {:?}",
+                    self.name, self.heard
+                )
+            })?;
+            ensure!(
+                n > 0,
+                "{} was closed while waiting for {wanted:?}",
+                self.name
+            );
+            let event = client_event(&self.stream, Kind::Recv).payload(&buf[..n]);
+            lab.emit(Role::Client, event.note(note::RECV));
+            self.unread.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn heard_line(&self, line: &str) -> bool {
+        self.heard.iter().any(|l| l == line)
+    }
+}
+
+/// Seed 004's last program: user1 renames itself alice, user3 goes to #rust, alice talks to
+/// the lobby, user2 leaves by RST. Checked: each line reached exactly the members of its room.
+fn chat_rooms(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&["--app", "chat", "--mode", "poll"])?;
+    let mut alice = ChatUser::connect(lab, port, "user1")?;
+    let mut bob = ChatUser::connect(lab, port, "user2")?;
+    let mut carol = ChatUser::connect(lab, port, "user3")?;
+    alice.hear(lab, "* user3 joined #lobby")?;
+    bob.hear(lab, "* user3 joined #lobby")?;
+
+    alice.say(lab, "/nick alice")?;
+    alice.hear(lab, "* you are now alice")?;
+    carol.say(lab, "/join #rust")?;
+    carol.hear(lab, "* you are in #rust")?;
+    alice.say(lab, "hello, lobby")?;
+    bob.hear(lab, "<alice> hello, lobby")?;
+    carol.say(lab, "anyone in rust?")?;
+    lab.wait("the server to relay carol's line to nobody", |e| {
+        is(e, SERVER, "relay") && e["room"] == "rust"
+    })?;
+    // user2 leaves with an RST (SO_LINGER 0), as a crashing or killed client would.
+    socket2::SockRef::from(&bob.stream).set_linger(Some(Duration::ZERO))?;
+    let abort = client_event(&bob.stream, Kind::Abort).note(note::ABORT);
+    let user2_heard = bob.heard.clone();
+    drop(bob);
+    lab.emit(Role::Client, abort);
+    alice.hear(lab, "* user2 left #lobby (connection reset)")?;
+    carol.say(lab, "/who")?;
+    carol.hear(lab, "* in #rust:")?;
+
+    ensure!(
+        user2_heard.iter().any(|l| l == "<alice> hello, lobby"),
+        "user2 (in the lobby) did not get alice's line"
+    );
+    ensure!(
+        !carol
+            .heard
+            .iter()
+            .any(|l| l.contains("hello, lobby") || l.contains("user2 left")),
+        "carol (in #rust) heard the lobby: {:?}",
+        carol.heard
+    );
+    ensure!(
+        !alice.heard.iter().any(|l| l.contains("anyone in rust")),
+        "alice (in the lobby) heard #rust"
+    );
+    ensure!(
+        alice.heard_line("* user1 is now alice") || alice.heard_line("* you are now alice"),
+        "no rename"
+    );
+    Ok(
+        "alice's line reached user2 only (the lobby), user3's reached nobody (alone in #rust), \
+and the lobby — only the lobby — was told that user2 left by RST (connection reset)"
+            .to_string(),
+    )
+}
+
+/// Seed 004's first program: the client's second line is sent at once, but the blocking
+/// server reads it only after its operator has answered the first.
+fn half_duplex(lab: &mut Lab) -> Result<String> {
+    let (server, port) = lab.serve(&["--app", "talk", "--mode", "blocking"])?;
+    let mut client = ChatUser::open(lab, port, "client")?;
+    client.say(lab, "hello server")?;
+    lab.wait("the server to read the client's line", |e| {
+        is(e, SERVER, "recv")
+    })?;
+    client.say(lab, "are you there?")?;
+    let second_sent = lab.now();
+    // The operator takes its time to type; the server waits for it, not for the socket.
+    lab.pause(Duration::from_millis(600));
+    lab.type_line(server, "hello client\n")?;
+    let reply = lab.wait("the operator's reply", |e| is(e, SERVER, "send"))?;
+    let second = lab.wait("the server to read the second line", |e| {
+        is(e, SERVER, "recv")
+    })?;
+    client.hear(lab, "hello client")?;
+    ensure!(
+        ts(&second) > ts(&reply),
+        "the second line was read at {:.3} s, before the reply at {:.3} s",
+        ts(&second),
+        ts(&reply)
+    );
+    lab.type_line(server, "yes\n")?;
+    client.hear(lab, "yes")?;
+    Ok(format!(
+        "the client sent its second line at {second_sent:.3} s, but the server read it only at {:.3} s, \
+after its operator's reply ({:.3} s): half-duplex, each side waits for the other",
+        ts(&second),
+        ts(&reply)
     ))
 }

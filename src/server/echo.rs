@@ -106,8 +106,8 @@ pub fn serve(conn: Connection, server: &Server) -> Ending {
                 }
             }
         }
-        if bye.is_some() {
-            close(conn, server, note::CLOSE_BYE);
+        if let Some(before) = bye {
+            close_after_bye(conn, server, n - before);
             return Ending::Finished;
         }
         if config.crash_after == Some(messages) {
@@ -227,6 +227,13 @@ pub fn close(conn: Connection, server: &Server, why: &'static str) {
     close_reporting(conn, server, event, why);
 }
 
+/// The bye word: close without echoing it, nor what followed it in the same read.
+/// `discarded`: those bytes (the bye word's line and everything after it).
+pub fn close_after_bye(conn: Connection, server: &Server, discarded: usize) {
+    let event = conn.event_closed(Kind::Close).discarded(discarded);
+    close_reporting(conn, server, event, note::CLOSE_BYE);
+}
+
 /// Every close the server decides goes through here: close(), then `event` with the note
 /// that says what the kernel sent. `fin_note` if nothing was left unread; if the peer's bytes
 /// still sit in our receive buffer, the kernel discards them and sends an RST instead, and
@@ -275,7 +282,12 @@ pub fn report_error(conn: &Connection, server: &Server, call: &str, e: &std::io:
 
 #[cfg(test)]
 mod tests {
-    use super::bye_at;
+    use super::{bye_at, READ_BUF};
+
+    #[test]
+    fn the_longest_bye_word_fits_in_one_read() {
+        assert_eq!(crate::cli::BYE_WORD_MAX, READ_BUF);
+    }
 
     #[test]
     fn bye_is_a_whole_message_or_a_whole_line() {

@@ -41,6 +41,8 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub enum End {
     /// close() with this note: the kernel sends our FIN.
     Close(&'static str),
+    /// The bye word: close() without echoing this many bytes (its line and what followed).
+    Bye(usize),
     /// `--crash-after`: dropped without a word, as a dying handler would.
     Crash,
     /// `--reset-after`: close() with SO_LINGER 0, an RST.
@@ -171,8 +173,8 @@ impl LoopConn {
         // The bye word is not echoed; whatever came before it in the same read still is,
         // and the connection closes once that is out.
         let bye = echo::bye_at(message, &server.config.bye_word);
-        if bye.is_some() {
-            self.ending = Some(End::Close(note::CLOSE_BYE));
+        if let Some(before) = bye {
+            self.ending = Some(End::Bye(n - before));
         }
         let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
@@ -315,6 +317,7 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
     let conn = lc.conn;
     match end {
         End::Close(why) => echo::close(conn, server, why),
+        End::Bye(discarded) => echo::close_after_bye(conn, server, discarded),
         End::Abort => echo::abort(conn, server),
         End::Crash => {
             // close(), without a word: the kernel sends the FIN (RST over unread bytes)

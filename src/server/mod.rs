@@ -14,17 +14,24 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::cli::{Mode, ServeArgs, Trigger};
+use crate::cli::{App, Mode, ServeArgs, Trigger};
 use crate::event::{Event, Kind, Output, Role};
 use crate::{note, outcome, tcp_state};
 
 pub mod blocking;
+pub mod chat;
+pub mod chat_loop;
+pub mod chat_nonblocking;
+pub mod chat_poll;
+pub mod chat_select;
+pub mod chat_threaded;
 pub mod echo;
 pub mod event_loop;
 pub mod nonblocking;
 pub mod poll;
 pub mod process;
 pub mod select;
+pub mod talk;
 pub mod threaded;
 
 /// How often a blocked call wakes up to check for Ctrl-C and idle connections. Short enough
@@ -32,7 +39,7 @@ pub mod threaded;
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// How long a server waits at exit for a slow stdout to take its last events.
-pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 
 /// How long to wait before accepting again after running out of descriptors.
 pub const EMFILE_BACKOFF: Duration = Duration::from_millis(200);
@@ -43,6 +50,10 @@ pub struct Config {
     pub mode: Mode,
     /// Poll mode: how readiness is asked for (`--trigger`, edge unless told otherwise).
     pub trigger: Trigger,
+    /// What is done with the bytes: echo, chat or talk.
+    pub app: App,
+    /// Chat: the longest line accepted (`--max-line`).
+    pub max_line: usize,
     /// The handler "works" this long before echoing.
     pub delay: Option<Duration>,
     /// A message equal to it closes the connection.
@@ -69,6 +80,8 @@ impl Config {
         Config {
             mode: args.mode,
             trigger: args.trigger.unwrap_or(Trigger::Edge),
+            app: args.app,
+            max_line: args.max_line as usize,
             delay: args.delay.map(Duration::from_millis),
             bye_word: args.bye_word.clone(),
             reply: args
@@ -375,33 +388,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     // Before the listen event: whoever reads it may press Ctrl-C (or send SIGTERM) at once.
     install_stop_handler(&server, true)?;
+    // The process model's report pipe, before the listen event too: from that event on, the
+    // server's descriptors are its listener and its connections only.
+    let reports = (args.mode == Mode::Process && args.app == App::Echo).then(process::report_pipe);
+    // --wire: this port's packets as `packet` events; the capture stops when `run` returns.
+    let local = listener.local_addr().unwrap_or(addr);
+    let _wire =
+        crate::wire::print_for_listener(&args.wire, local, &args.output, server.out.epoch_ns())?;
     server.out.emit(
         Event::new(Kind::Listen)
             .addrs(listener.local_addr().ok(), None)
             .state(tcp_state::of(&listener))
             .detail(format!("backlog {}", args.backlog))
+            .pid(std::process::id())
             .note(note::LISTEN),
     );
     server.out.flush(); // a script waits for this line to learn the port
 
-    let served = match args.mode {
-        Mode::Blocking => {
-            blocking::run(&listener, &server);
-            Ok(())
-        }
-        Mode::Threaded => {
-            threaded::run(&listener, &server);
-            Ok(())
-        }
-        Mode::Process => {
-            process::run(&listener, &server, args.parent_keeps_fd);
-            Ok(())
-        }
-        Mode::Nonblocking => {
-            nonblocking::run(&listener, &server).context("the nonblocking server failed")
-        }
-        Mode::Select => select::run(&listener, &server).context("the select server failed"),
-        Mode::Poll => poll::run(&listener, &server).context("the poll server failed"),
+    let served = match args.app {
+        App::Echo => run_echo(&listener, &server, args, reports),
+        App::Chat => chat::run(&listener, &server),
+        App::Talk => talk::run(&listener, &server),
     };
 
     if served.is_ok() {
@@ -412,6 +419,59 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     server.out.finish(OUTPUT_GRACE); // the events still queued, even before an error
     served
+}
+
+/// The echo server, in the mode the learner picked.
+fn run_echo(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    args: &ServeArgs,
+    reports: Option<Result<process::Reports>>,
+) -> Result<()> {
+    match args.mode {
+        Mode::Blocking => {
+            blocking::run(listener, server);
+            Ok(())
+        }
+        Mode::Threaded => {
+            threaded::run(listener, server);
+            Ok(())
+        }
+        Mode::Process => {
+            process::run(listener, server, args.parent_keeps_fd, reports);
+            Ok(())
+        }
+        Mode::Nonblocking => {
+            nonblocking::run(listener, server).context("the nonblocking server failed")
+        }
+        Mode::Select => select::run(listener, server).context("the select server failed"),
+        Mode::Poll => poll::run(listener, server).context("the poll server failed"),
+    }
+}
+
+/// Can this app run in this mode, with these options? If not, the sentence that says why
+/// (a usage error: `tcp-lab` exits 2 with it before listening).
+pub fn app_fits(args: &ServeArgs) -> Result<(), String> {
+    match args.app {
+        App::Echo => return Ok(()),
+        App::Chat => chat::fits(args.mode)?,
+        App::Talk => talk::fits(args.mode)?,
+    }
+    // The echo's ways to misbehave on purpose mean nothing to a chat or a talk.
+    let echo_only = [
+        ("--delay", args.delay.is_some()),
+        ("--reply", args.reply.is_some()),
+        ("--crash-after", args.crash_after.is_some()),
+        ("--reset-after", args.reset_after.is_some()),
+        ("--trigger", args.trigger.is_some()),
+    ];
+    match echo_only.iter().find(|(_, given)| *given) {
+        Some((option, _)) => Err(format!(
+            "{option} shapes the echo; it has no meaning with --app {}",
+            args.app.name()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// socket(), setsockopt(SO_REUSEADDR), bind(), listen(): the four calls of every server.
@@ -461,14 +521,40 @@ or another server may be running"
 fn install_stop_handler(server: &Arc<Server>, announce: bool) -> Result<()> {
     let server = Arc::clone(server);
     ctrlc::set_handler(move || {
-        let first = !server.stop.requested();
-        // The flag first: nothing after it (printing included) may keep the server running.
-        server.stop.request();
-        if announce && first {
+        // The `stop` event first, so it comes before the closes the stop causes. Printing
+        // cannot hold the stop up: a server's events go into a queue that sheds, never
+        // waiting for stdout (a handler that blocked here on a full pipe ignored Ctrl-C).
+        if announce && !server.stop.requested() {
             server.out.emit(Event::new(Kind::Stop).note(note::STOP));
         }
+        server.stop.request();
     })
-    .context("cannot install the Ctrl-C handler")
+    .context("cannot install the Ctrl-C handler")?;
+    // A process-model child starts with these signals blocked (see block_stop_signals):
+    // one sent before the handler existed waits, and is delivered to the handler now.
+    set_stop_signals(libc::SIG_UNBLOCK).context("cannot unblock SIGINT and SIGTERM")
+}
+
+/// Block SIGINT and SIGTERM in a process-model child from before it is exec'd until its
+/// handler is installed: otherwise a stop in that moment kills it outright, without the
+/// close and the event its connection is owed. Async-signal-safe (it runs in pre_exec).
+pub(crate) fn block_stop_signals() -> io::Result<()> {
+    set_stop_signals(libc::SIG_BLOCK)
+}
+
+fn set_stop_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: sigemptyset, sigaddset and sigprocmask only touch the set we pass and this
+    // thread's signal mask; all three are async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(how, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Connections the kernel finished but nobody accepted yet would get an RST when the
@@ -531,15 +617,12 @@ fn emit_summary(server: &Server) {
     let stats = &server.stats;
     let mut summary = Event::new(Kind::Summary)
         .stat("connections", Stats::get(&stats.accepted))
-        .stat("finished", Stats::get(&stats.finished));
-    // In the process model the children count messages, in memory the parent cannot see.
-    if server.config.mode != Mode::Process {
-        summary = summary
-            .stat("messages", Stats::get(&stats.messages))
-            .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
-            .stat("resets", Stats::get(&stats.resets));
-    }
-    summary = summary.stat("turned_away", Stats::get(&stats.turned_away));
+        .stat("finished", Stats::get(&stats.finished))
+        // In the process model the children count these; their reports add them up here.
+        .stat("messages", Stats::get(&stats.messages))
+        .stat("bytes_echoed", Stats::get(&stats.bytes_echoed))
+        .stat("resets", Stats::get(&stats.resets))
+        .stat("turned_away", Stats::get(&stats.turned_away));
     // The event loops' cost: how often they went round, how many calls found nothing, and
     // the CPU time the whole process used.
     if matches!(
@@ -554,7 +637,8 @@ fn emit_summary(server: &Server) {
     if server.config.mode == Mode::Select {
         summary = summary.stat("scanned", Stats::get(&stats.scanned));
     }
-    if server.config.mode == Mode::Poll {
+    // (The chat's and talk's poll loops do not count theirs: only the echo's has --trigger.)
+    if server.config.mode == Mode::Poll && server.config.app == App::Echo {
         summary = summary.stat("epoll_ctl", Stats::get(&stats.epoll_ctl));
     }
     // Events shed because stdout did not keep up (only when some were).

@@ -17,13 +17,19 @@
 //!   mistake on purpose (demo: `tcp-lab demo parent-keeps-fd`).
 //! - `--crash-after N` makes the child exit abruptly; the kernel closes its descriptors and
 //!   sends the FIN, and the parent reports the child's exit status.
+//! - A child counts its messages in its own memory, which the parent cannot see. So every
+//!   child inherits one more descriptor, the write end of one pipe shared by all, and writes
+//!   its counts there as it ends (one short line: one atomic write); the parent reads them
+//!   as it reaps its children, and the summary adds them up.
 //!
 //! Lesson: `lessons/02-processes.md`; demo: `tcp-lab demo process-per-client`.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +44,10 @@ use crate::note;
 /// The child's exit status after `--crash-after`: anything but 0, so the parent can tell.
 pub const CRASH_STATUS: i32 = 3;
 
+/// How long the parent waits for its `spawn` event to reach stdout before letting the child
+/// start (a stdout nobody reads must not hold up every connection).
+const SPAWN_EVENT_WAIT: Duration = Duration::from_millis(200);
+
 /// How long the parent waits for its children to finish after Ctrl-C before killing them.
 const CHILD_GRACE: Duration = Duration::from_millis(700);
 
@@ -47,22 +57,46 @@ struct Worker {
     child: Child,
 }
 
+/// The pipe through which children report their counts: both ends stay with the parent for
+/// the whole run (two descriptors, however many children), the write end to be inherited.
+pub struct Reports {
+    read: File,
+    write: OwnedFd,
+}
+
 /// The parent: accept, spawn a child for the connection, close our copy, reap children.
-pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) {
+/// `reports`: the pipe for the children's counts (made before the listen event).
+pub fn run(
+    listener: &TcpListener,
+    server: &Arc<Server>,
+    parent_keeps_fd: bool,
+    reports: Option<Result<Reports>>,
+) {
     super::wake_accept_every_tick(listener, server);
     let mut workers: Vec<Worker> = Vec::new();
+    let reports = match reports.transpose() {
+        Ok(reports) => reports,
+        Err(e) => {
+            // Serving goes on; only the summary's message counts will be missing.
+            server
+                .out
+                .emit(Event::new(Kind::Error).detail(format!("{e:#}")));
+            None
+        }
+    };
+    let report_fd = reports.as_ref().map(|r| r.write.as_raw_fd());
     // Only with --parent-keeps-fd: the copies the parent "forgot" to close.
     let mut kept: Vec<Connection> = Vec::new();
     let mut acceptor = Acceptor::default();
 
     while server.keep_accepting() {
-        reap_exited(&mut workers, server);
+        reap_exited(&mut workers, server, reports.as_ref());
         // accept(): sleeps until a connection is queued, or for one TICK (then Ctrl-C?).
         let Some(conn) = acceptor.accept_or_wait(listener, server) else {
             continue;
         };
         server.opened(&conn);
-        match spawn_child(&conn, server) {
+        match spawn_child(&conn, server, report_fd) {
             Ok(child) => workers.push(Worker {
                 conn: conn.id,
                 child,
@@ -79,41 +113,123 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>, parent_keeps_fd: bool) 
             drop(conn); // the parent's copy is closed; the child's is the only one left
         }
     }
-    stop_children(&mut workers, server);
+    stop_children(&mut workers, server, reports.as_ref());
     release_kept(kept, server);
 }
 
-/// Re-execute tcp-lab as `serve-child`, handing it the accepted socket.
-fn spawn_child(conn: &Connection, server: &Server) -> Result<Child> {
+/// Re-execute tcp-lab as `serve-child`, handing it the accepted socket and the write end of
+/// the report pipe.
+fn spawn_child(conn: &Connection, server: &Server, report_fd: Option<RawFd>) -> Result<Child> {
     let fd = conn.stream.as_raw_fd();
     let exe = std::env::current_exe().context("cannot find the tcp-lab executable")?;
     let mut command = Command::new(exe);
     command
         .arg("serve-child")
-        .args(["--fd", &fd.to_string(), "--conn", &conn.id.to_string()])
+        .args(["--fd", &fd.to_string(), "--conn", &conn.id.to_string()]);
+    if let Some(report_fd) = report_fd {
+        command.args(["--report-fd", &report_fd.to_string()]);
+    }
+    command
         // The child gets the same options the parent was given (they follow `serve`).
         .args(std::env::args_os().skip(2))
         // One clock for the whole event stream, parent and children alike.
         .env(EPOCH_ENV, server.out.epoch_ns().to_string());
     // std opens every descriptor close-on-exec, so no child inherits sockets by accident.
-    // For this one socket we want the opposite: clear FD_CLOEXEC in the child, between
-    // fork and exec, so the new program finds the socket at the same number.
+    // For this socket (and the report pipe) we want the opposite: clear FD_CLOEXEC in the
+    // child, between fork and exec, so the new program finds them at the same numbers.
     let parent = std::process::id();
-    // SAFETY: fcntl, prctl and getppid are async-signal-safe, as code between fork and exec
-    // must be.
+    // SAFETY: fcntl, sigprocmask, prctl and getppid are async-signal-safe, as code between
+    // fork and exec must be.
     unsafe {
         command.pre_exec(move || {
             clear_close_on_exec(fd)?;
+            if let Some(report_fd) = report_fd {
+                clear_close_on_exec(report_fd)?;
+            }
+            super::block_stop_signals()?; // until the child's own handler is installed
             die_with_parent(parent)
         });
     }
-    let child = command.spawn().context("cannot start a child process")?;
+    // The child's stdin is a pipe from us: it waits for its end (EOF) before it serves, so
+    // our `spawn` event is printed before anything the child prints (both write to one stdout).
+    command.stdin(Stdio::piped());
+    let mut child = command.spawn().context("cannot start a child process")?;
     server.out.emit(
         conn.event(Kind::Spawn)
             .detail(format!("child pid {}", child.id()))
             .note(note::SPAWN_PROCESS),
     );
+    // Written out before the go-ahead (unless stdout is stuck: then events are shed anyway).
+    server.out.flush_and_wait(SPAWN_EVENT_WAIT);
+    drop(child.stdin.take()); // the go-ahead: the child reads EOF
     Ok(child)
+}
+
+/// pipe(), then close-on-exec and non-blocking. Close-on-exec like every descriptor std
+/// opens, so nothing inherits it by accident (spawn_child lets its child have the write end);
+/// non-blocking, so the parent reads only what is there, and a child never waits on a full
+/// pipe (its counts would be lost, not the child; the parent drains the pipe every turn of its
+/// loop). Plain pipe() and fcntl(), not Linux's pipe2(), so the code stays portable; no other
+/// thread of ours starts processes meanwhile.
+pub fn report_pipe() -> Result<Reports> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array we pass; fcntl only sets flags on
+    // the descriptors it just made.
+    let made = unsafe {
+        libc::pipe(fds.as_mut_ptr()) == 0
+            && fds.iter().all(|&fd| {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) == 0
+                    && libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) == 0
+            })
+    };
+    if !made {
+        return Err(std::io::Error::last_os_error()).context("cannot create the report pipe");
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe {
+        Reports {
+            read: File::from_raw_fd(fds[0]),
+            write: OwnedFd::from_raw_fd(fds[1]),
+        }
+    })
+}
+
+/// Add up every report the children have written so far. Each is one line written at once,
+/// shorter than PIPE_BUF, so lines from different children never mix.
+fn collect_reports(reports: Option<&Reports>, server: &Server) {
+    let Some(reports) = reports else { return };
+    let mut text = Vec::new();
+    // Non-blocking: read until the pipe is empty (WouldBlock) or an error.
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = (&reports.read).read(&mut buf) {
+        text.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&text);
+    for (name, value) in text.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+        let counter = match name {
+            "messages" => &server.stats.messages,
+            "bytes_echoed" => &server.stats.bytes_echoed,
+            "resets" => &server.stats.resets,
+            _ => continue,
+        };
+        Stats::add(counter, value.parse().unwrap_or(0));
+    }
+}
+
+/// The child's side: its counts, in one write, as it ends.
+fn send_report(report_fd: Option<RawFd>, server: &Server) {
+    let Some(fd) = report_fd else { return };
+    // SAFETY: the parent passed this descriptor for this process to own and close.
+    let mut pipe = unsafe { File::from_raw_fd(fd) };
+    let stats = &server.stats;
+    let line = format!(
+        "messages={} bytes_echoed={} resets={}\n",
+        Stats::get(&stats.messages),
+        Stats::get(&stats.bytes_echoed),
+        Stats::get(&stats.resets)
+    );
+    // One write() of fewer than PIPE_BUF bytes: atomic, never mixed with another child's.
+    let _ = pipe.write(line.as_bytes());
 }
 
 fn clear_close_on_exec(fd: RawFd) -> std::io::Result<()> {
@@ -149,13 +265,16 @@ pub(crate) fn die_with_parent(_parent: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// waitpid() without blocking: report every child that has exited.
-fn reap_exited(workers: &mut Vec<Worker>, server: &Server) {
+/// waitpid() without blocking: report every child that has exited (its counts first).
+fn reap_exited(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Reports>) {
+    collect_reports(reports, server);
     let mut i = 0;
     while i < workers.len() {
         match workers[i].child.try_wait() {
             Ok(Some(status)) => {
                 let worker = workers.swap_remove(i);
+                // Exited: its report is in the pipe now.
+                collect_reports(reports, server);
                 report_exit(worker.conn, status, server);
             }
             Ok(None) => i += 1,
@@ -192,7 +311,7 @@ fn report_exit(conn: u64, status: ExitStatus, server: &Server) {
 
 /// Stopping: ask every child to stop (SIGTERM: it closes its connection with a FIN), give
 /// them a moment, then make sure none is left behind.
-fn stop_children(workers: &mut Vec<Worker>, server: &Server) {
+fn stop_children(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Reports>) {
     if server.stop.requested() {
         for worker in workers.iter() {
             // SAFETY: kill(2) on a child we started and have not reaped.
@@ -201,7 +320,7 @@ fn stop_children(workers: &mut Vec<Worker>, server: &Server) {
     }
     let deadline = Instant::now() + CHILD_GRACE;
     while !workers.is_empty() && (Instant::now() < deadline || !server.stop.requested()) {
-        reap_exited(workers, server);
+        reap_exited(workers, server, reports);
         std::thread::sleep(Duration::from_millis(10));
     }
     for mut worker in workers.drain(..) {
@@ -210,6 +329,8 @@ fn stop_children(workers: &mut Vec<Worker>, server: &Server) {
             report_exit(worker.conn, status, server);
         }
     }
+    // The last reports, before the summary.
+    collect_reports(reports, server);
 }
 
 /// `--parent-keeps-fd`: only now, as the server stops, does the last copy close.
@@ -223,6 +344,7 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
+    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -242,6 +364,7 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     super::install_stop_handler(&server, false)?;
     let conn = Connection::new(args.conn, stream);
     let ending = echo::serve(conn, &server);
+    send_report(args.report_fd, &server);
     // Within the parent's CHILD_GRACE, even when stdout is not read.
     server.out.finish(CHILD_GRACE / 2);
     match ending {
@@ -250,6 +373,22 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
             // Exit without closing anything: the kernel closes our descriptors and sends
             // the FIN, exactly as when a real server process dies.
             std::process::exit(CRASH_STATUS);
+        }
+    }
+}
+
+/// Our stdin is a pipe from the parent, which closes it once it has printed our `spawn`
+/// event: read it to its end, so none of our events can be printed before that one. (If the
+/// parent dies first, its end closes too: EOF all the same.)
+fn wait_for_the_parents_spawn_event() {
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match std::io::Read::read(&mut stdin, &mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return, // no stdin to wait on: nothing to order against
         }
     }
 }

@@ -30,8 +30,11 @@ struct Handler {
 }
 
 /// The payload of a deliberate `--crash-after` panic, so the panic hook can keep it quiet:
-/// the `exit` event reports it instead of a backtrace.
-struct DeliberateCrash;
+/// the `exit` event reports it instead of a backtrace. `unread`: bytes the peer had sent
+/// that the handler never read, which make the kernel answer the crash with an RST.
+struct DeliberateCrash {
+    unread: usize,
+}
 
 pub fn run(listener: &TcpListener, server: &Arc<Server>) {
     super::wake_accept_every_tick(listener, server);
@@ -49,7 +52,7 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
         match spawn_handler(conn, server) {
             Ok(handler) => handlers.push(handler),
             // Out of threads (EAGAIN): the connection was moved into the failed spawn and
-            // dropped there, so the peer got a FIN.
+            // dropped there, so the peer got a FIN (an RST, had it sent bytes already).
             Err(e) => {
                 server.out.emit(
                     Event::new(Kind::Error)
@@ -76,10 +79,12 @@ fn spawn_handler(conn: Connection, server: &Arc<Server>) -> std::io::Result<Hand
         .detail(format!("thread {name}"))
         .note(note::SPAWN_THREAD);
     let shared = Arc::clone(server);
-    let thread = thread::Builder::new()
-        .name(name)
-        .spawn(move || handle(conn, &shared))?;
-    server.out.emit(spawn_event);
+    // The new thread prints its own `spawn` before anything else it does: printed by the
+    // main thread after spawn() returns, it could come after the handler's first read.
+    let thread = thread::Builder::new().name(name).spawn(move || {
+        shared.out.emit(spawn_event);
+        handle(conn, &shared)
+    })?;
     Ok(Handler { conn: id, thread })
 }
 
@@ -87,9 +92,10 @@ fn spawn_handler(conn: Connection, server: &Arc<Server>) -> std::io::Result<Hand
 fn handle(conn: Connection, server: &Server) {
     if let Ending::Crashed(conn) = echo::serve(conn, server) {
         // `conn` is still open here. The panic unwinds this thread, dropping it: the kernel
-        // sends the FIN. Nothing else in the process is touched.
+        // sends the FIN (an RST over unread bytes). Nothing else in the process is touched.
+        let unread = conn.unread();
         let _still_open = conn;
-        std::panic::panic_any(DeliberateCrash);
+        std::panic::panic_any(DeliberateCrash { unread });
     }
 }
 
@@ -108,16 +114,23 @@ fn reap_finished(handlers: &mut Vec<Handler>, server: &Server) {
 /// join(): wait for the thread and learn how it ended: returned, or panicked.
 fn join(handler: Handler, server: &Server) {
     let name = format!("thread conn-{}", handler.conn);
-    let (detail, why) = match handler.thread.join() {
-        Ok(()) => (format!("{name} returned"), note::EXIT_THREAD),
-        Err(_panic) => (format!("{name} panicked"), note::EXIT_THREAD_PANIC),
+    let mut event = Event::new(Kind::Exit).conn(handler.conn);
+    event = match handler.thread.join() {
+        Ok(()) => event
+            .detail(format!("{name} returned"))
+            .note(note::EXIT_THREAD),
+        Err(panic) => {
+            let unread = panic
+                .downcast_ref::<DeliberateCrash>()
+                .map_or(0, |c| c.unread);
+            let event = event.detail(format!("{name} panicked"));
+            match unread {
+                0 => event.note(note::EXIT_THREAD_PANIC),
+                n => event.unread(n).note(note::EXIT_THREAD_PANIC_UNREAD),
+            }
+        }
     };
-    server.out.emit(
-        Event::new(Kind::Exit)
-            .conn(handler.conn)
-            .detail(detail)
-            .note(why),
-    );
+    server.out.emit(event);
     server.finished();
 }
 

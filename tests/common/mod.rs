@@ -467,3 +467,17 @@ impl Drop for Paused {
         unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
     }
 }
+
+/// Can this process capture packets (root, or CAP_NET_RAW)? `--wire` needs it; a test that
+/// needs a capture skips without it only when the env var CI is unset (CI runs as root).
+pub fn can_capture() -> bool {
+    // SAFETY: socket(2) and close(2) on a descriptor we own; protocol 0 receives nothing.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return false;
+        }
+        libc::close(fd);
+    }
+    true
+}
