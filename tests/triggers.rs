@@ -87,3 +87,16 @@ fn trigger_without_poll_mode_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--trigger is for --mode poll"), "{stderr}");
 }
+
+/// The chat's and the talk's poll loops have their own interest handling: `--trigger` belongs
+/// to the echo's loop, and with another app it is refused like the echo's other options.
+#[test]
+fn trigger_with_the_chat_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["serve", "--app", "chat", "--trigger", "edge", "--port", "0"])
+        .output()
+        .expect("run tcp-lab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--trigger"), "{stderr}");
+}
