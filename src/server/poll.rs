@@ -7,8 +7,9 @@
 //!
 //! What to watch for:
 //! - An idle server uses no CPU at all, yet serves every client at once; the summary's
-//!   `loop_iterations` counts the wake-ups and `wouldblock` stays near zero, because
-//!   readiness is a promise that the next call will not block.
+//!   `loop_iterations` counts the wake-ups. Readiness is a promise that the next call will
+//!   not block, so `wouldblock` stays near zero with level and oneshot; edge-triggered
+//!   reads until EAGAIN, so there it counts the reads that drained a socket.
 //! - `--trigger edge|level|oneshot` (default edge) chooses how readiness is asked for. The
 //!   loop is the same for all three; they differ in three places only, each marked
 //!   `TRIGGER:` below: when interest is registered ([`register_conn`]), when it is changed
