@@ -59,10 +59,10 @@ pub enum Command {
     /// Measure the models side by side on this machine: messages per second, latency, the
     /// server's CPU per message, memory, threads and processes.
     #[command(after_help = "Examples:\n  \
-        tcp-lab bench                                # every mode at 1, 50 and 1,000 connections\n  \
-        tcp-lab bench --modes select,poll --idle 0,1000   # the cost of idle connections\n  \
+        tcp-lab bench                                        # every mode at 1, 50, 1,000 connections\n  \
+        tcp-lab bench --modes select,poll --idle 0,1000      # the cost of idle connections\n  \
         tcp-lab bench --against 127.0.0.1:8000 --conns 1,10  # your own echo server\n  \
-        tcp-lab bench --format json --plot bench.svg      # figures for a script, and a chart")]
+        tcp-lab bench --format json --plot bench.svg         # figures for a script, and a chart")]
     Bench(BenchArgs),
     /// Print a shell completion script: `tcp-lab completions bash > ~/.tcp-lab.bash`.
     Completions(CompletionsArgs),
@@ -204,9 +204,16 @@ pub struct ServeArgs {
     /// After N messages close with SO_LINGER 0, which sends an RST.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub reset_after: Option<u64>,
-    /// Stop after N connections have finished.
+    /// Stop after N connections have finished. The listening socket is closed as soon as
+    /// the Nth is accepted (no later one would be served): a late client is refused at once
+    /// (SYN answered by RST) instead of waiting in the backlog to be reset when we exit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub exit_after: Option<u64>,
+    /// After N connections are accepted, close the listening socket and serve on (seed 003):
+    /// the connections already accepted go on; a new client's SYN is answered by an RST
+    /// (ECONNREFUSED).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_listener_after: Option<u64>,
     /// Above N open connections, tell a newcomer `server full` and close it.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,
@@ -217,6 +224,11 @@ pub struct ServeArgs {
     /// server closed first, bind() fails EADDRINUSE while that TIME_WAIT lasts (~60 s).
     #[arg(long)]
     pub no_reuseaddr: bool,
+    /// Show payloads decoded from this encoding (gbk, gb18030, big5, shift_jis, utf-8, …):
+    /// a Chinese Windows peer (seed 003) sends GBK, which is not UTF-8. Bytes that do not
+    /// decode are still shown escaped (\xNN); what is echoed is never changed.
+    #[arg(long, value_name = "ENCODING", value_parser = encoding)]
+    pub decode: Option<&'static encoding_rs::Encoding>,
     /// Lifecycle events only: no per-message recv/send events (for load).
     #[arg(long)]
     pub quiet: bool,
@@ -267,6 +279,10 @@ pub struct ClientArgs {
     /// connect() waits in SYN_SENT until this timeout ends it (exit status 1).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = positive_seconds)]
     pub connect_timeout: f64,
+    /// Show payloads decoded from this encoding (gbk, big5, shift_jis, utf-8, …); bytes
+    /// that do not decode are still shown escaped (\xNN). What is sent is never changed.
+    #[arg(long, value_name = "ENCODING", value_parser = encoding)]
+    pub decode: Option<&'static encoding_rs::Encoding>,
     /// Label this client's events (the text's who column, JSON field `name`), so two
     /// clients printing to one terminal can be told apart. 1 to 10 letters, digits, - or _.
     #[arg(long, value_name = "NAME", value_parser = client_name)]
@@ -358,8 +374,8 @@ pub struct BenchArgs {
     /// Measure this echo server instead of tcp-lab's (your own, e.g. the seeds' Python one).
     #[arg(long, value_name = "HOST:PORT")]
     pub against: Option<String>,
-    /// Print a table for people or one JSON object per run.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Print a table for people (text) or one JSON object per run (json).
+    #[arg(long, value_enum, default_value_t = Format::Text, hide_possible_values = true)]
     pub format: Format,
     /// Also draw messages/s and CPU per message as an SVG chart.
     #[arg(long, value_name = "FILE.svg")]
@@ -505,4 +521,11 @@ fn client_name(text: &str) -> Result<String, String> {
     } else {
         Err("1 to 10 letters, digits, - or _ (it labels the who column)".into())
     }
+}
+
+/// `--decode`: an encoding by any of its WHATWG labels (`gbk`, `GB2312`, `utf-8`, `big5`, …).
+fn encoding(text: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(text.trim().as_bytes()).ok_or_else(|| {
+        format!("unknown encoding {text:?}; try gbk, gb18030, big5, shift_jis, euc-kr or utf-8")
+    })
 }

@@ -38,9 +38,11 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     let connect_timeout = Duration::from_secs_f64(args.connect_timeout);
     let mut client = Client::connect(addr, Arc::new(out), connect_timeout)?;
     client.wait = Duration::from_secs_f64(args.wait);
-    // Before the connect event: whoever reads it may press Ctrl-C at once.
+    // The state right after connect(), but the handler installed before the event is
+    // printed: whoever reads it may press Ctrl-C at once.
+    let connected = client.event(Kind::Connect).note(note::CONNECT);
     close_on_ctrl_c(&client)?;
-    client.emit(client.event(Kind::Connect).note(note::CONNECT));
+    client.emit(connected);
     if args.naive {
         naive(client)
     } else if args.send.is_empty() && args.count.is_none() && !args.bye {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use colored::{ColoredString, Colorize};
@@ -249,7 +249,10 @@ impl Event {
     pub fn payload(mut self, bytes: &[u8]) -> Event {
         self.bytes = Some(bytes.len());
         let shown = &bytes[..bytes.len().min(DATA_PREVIEW)];
-        self.data = Some(escape_bytes(shown));
+        self.data = Some(match DECODE.get() {
+            Some(&encoding) => escape_decoded(shown, encoding),
+            None => escape_bytes(shown),
+        });
         self.data_truncated = shown.len() < bytes.len();
         self
     }
@@ -1016,6 +1019,56 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// `--decode`: the encoding peer bytes are shown in (unset: UTF-8). One setting for the
+/// whole process, set once from the command line, like the colour.
+static DECODE: OnceLock<&'static encoding_rs::Encoding> = OnceLock::new();
+
+/// Show every payload from now on decoded as `encoding` (`--decode`).
+pub fn set_decode(encoding: Option<&'static encoding_rs::Encoding>) {
+    if let Some(encoding) = encoding {
+        let _ = DECODE.set(encoding);
+    }
+}
+
+/// Show bytes from a peer decoded as `encoding` (GBK: `C4 E3 BA C3` is "你好"): what decodes
+/// is kept, escaped like any text (control characters), and every byte that does not decode
+/// is escaped as `\xNN`, exactly as [`escape_bytes`] does for UTF-8.
+pub fn escape_decoded(bytes: &[u8], encoding: &'static encoding_rs::Encoding) -> String {
+    use encoding_rs::DecoderResult;
+    if encoding == encoding_rs::UTF_8 {
+        return escape_bytes(bytes);
+    }
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut text = String::new();
+    let mut pos = 0; // how far into `bytes` the decoder has read
+    loop {
+        // Room for everything left: a decoder never writes more than this.
+        let room = decoder
+            .max_utf8_buffer_length_without_replacement(bytes.len() - pos)
+            .unwrap_or(4 * (bytes.len() - pos) + 16);
+        text.reserve(room);
+        let (result, read) =
+            decoder.decode_to_string_without_replacement(&bytes[pos..], &mut text, true);
+        pos += read;
+        for c in text.chars() {
+            push_escaped_char(&mut out, c);
+        }
+        text.clear();
+        match result {
+            DecoderResult::InputEmpty => return out,
+            DecoderResult::OutputFull => continue,
+            // `bad` bytes that do not decode, followed by `after` bytes it read past them.
+            DecoderResult::Malformed(bad, after) => {
+                let end = pos - usize::from(after);
+                for byte in &bytes[end.saturating_sub(usize::from(bad))..end] {
+                    let _ = write!(out, "\\x{byte:02X}");
+                }
+            }
+        }
+    }
+}
+
 fn push_escaped_char(out: &mut String, c: char) {
     match c {
         '\n' => out.push_str("\\n"),
@@ -1109,6 +1162,34 @@ mod tests {
             "\\xC4\\xE3\\xBA\\xC3"
         );
         assert_eq!(escape_bytes(&[b'o', b'k', 0xFF]), "ok\\xFF");
+    }
+
+    #[test]
+    fn gbk_is_decoded_and_what_does_not_decode_stays_escaped() {
+        let gbk = encoding_rs::Encoding::for_label(b"gbk").unwrap();
+        // "你好" as a GBK peer sends it, then a newline.
+        assert_eq!(
+            escape_decoded(&[0xC4, 0xE3, 0xBA, 0xC3, b'\n'], gbk),
+            "你好\\n"
+        );
+        // A lone lead byte at the end, and 0xFF (never valid in GBK), stay bytes.
+        assert_eq!(escape_decoded(&[b'o', b'k', 0xC4], gbk), "ok\\xC4");
+        assert_eq!(escape_decoded(&[0xFF, 0xC4, 0xE3], gbk), "\\xFF你");
+        // A lead byte followed by ASCII: the lead is escaped, the ASCII kept.
+        assert_eq!(escape_decoded(&[0xC4, b'\n', b'a'], gbk), "\\xC4\\na");
+        // Control characters are escaped whatever the encoding.
+        assert_eq!(escape_decoded(b"\x1b[31m", gbk), "\\x1B[31m");
+        // UTF-8 as the encoding is the default escaping.
+        let utf8 = encoding_rs::Encoding::for_label(b"utf-8").unwrap();
+        assert_eq!(escape_decoded("你好".as_bytes(), utf8), "你好");
+    }
+
+    #[test]
+    fn every_byte_is_accounted_for_in_a_decoded_preview() {
+        // A four-byte GB18030 start cut short, then text: nothing may vanish.
+        let gb18030 = encoding_rs::Encoding::for_label(b"gb18030").unwrap();
+        let shown = escape_decoded(&[0x81, 0x30, b'x', b'y'], gb18030);
+        assert_eq!(shown, "\\x810xy");
     }
 
     #[test]

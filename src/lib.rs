@@ -144,10 +144,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 command().error(usage, why).exit(); // exit 2, as for any usage error
             }
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             server::run(&args)
         }
         Command::Client(args) => {
             event::set_color(args.output.color);
+            event::set_decode(args.decode);
             client::run(&args)
         }
         Command::Demo(args) => {
@@ -165,6 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::ServeChild(args) => {
             event::set_color(args.serve.output.color);
+            event::set_decode(args.serve.decode);
             server::process::run_child(&args)
         }
     }

@@ -38,6 +38,10 @@ pub const EOF: &str =
     "read() returned 0: the peer's FIN. It will send nothing more; our socket is \
 CLOSE_WAIT until we close too";
 
+pub const EOF_AFTER_RESET: &str = "read() returned 0, but the socket is CLOSE: the peer's RST \
+came, and another call on this socket (the member's writer thread) already got its ECONNRESET, \
+which the kernel reports once. Every later read returns 0";
+
 pub const EOF_NAIVE: &str = "read() returned 0: the server's FIN, which may have arrived long ago, \
 while we were blocked reading stdin: a blocking client only notices on its next read. A write into \
 that closed connection still succeeded (into our kernel); the server's kernel answered it with an RST, \
@@ -154,8 +158,8 @@ RST)";
 pub const EMFILE: &str = "accept() failed: no file descriptor left for the new socket. The \
 connection stays in the kernel's queue; we back off instead of retrying in a tight loop";
 
-pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connection with a FIN, and \
-print a summary";
+pub const STOP: &str = "Ctrl-C or SIGTERM: stop accepting, close every connection (a FIN, or an \
+RST where its bytes were left unread), and print a summary";
 
 pub const SUMMARY: &str = "what this run did";
 
@@ -235,6 +239,25 @@ earlier, while this naive client sat blocked reading its stdin (a pipe: the demo
 into it, `second` only after the FIN). A blocking client only notices on its next read. The write \
 into that closed connection still succeeded (into our kernel); the server's kernel answered it \
 with an RST, so the next write fails EPIPE";
+
+pub const CLOSE_LISTENER: &str = "close() of the listening socket (--close-listener-after): the \
+connections already accepted are sockets of their own and go on being served; the port has no \
+listener now, so a new client's SYN is answered by an RST (ECONNREFUSED), and a connection still \
+queued, never accepted, is reset";
+
+pub const CLOSE_LISTENER_EXIT: &str = "--exit-after: no later connection will be served, so we \
+close the listening socket now instead of at exit. A client that connects from now on is refused \
+at once (its SYN answered by an RST: ECONNREFUSED) instead of waiting in the backlog to be reset \
+(ECONNRESET) when we exit; the connections already accepted go on";
+
+pub const CLOSE_SHARED_THREAD: &str = "close() in the main thread, as a process-model parent \
+closes its copy. But threads share one descriptor table: there is no other copy, so this closes \
+the handler's socket too, and the kernel sends the FIN";
+
+pub const EBADF_SHARED_THREAD: &str = "recv() in the handler thread failed EBADF: the number it \
+was given names nothing any more, because another thread closed it. Worse, a later accept() may \
+reuse that number, and the handler would read a stranger's connection: threads must not close \
+what they share";
 
 pub const CHAT_JOIN: &str = "a member entered a room: the others there were told `* NICK joined`";
 

@@ -11,15 +11,17 @@ use common::*;
 use serde_json::Value;
 
 /// Every scenario, as `--list` must show it.
-const SCENARIOS: [&str; 21] = [
+const SCENARIOS: [&str; 23] = [
     "blocking-backlog",
     "backlog-full",
     "process-per-client",
     "parent-keeps-fd",
     "thread-per-client",
+    "thread-closes-shared",
     "nonblocking-spin",
     "poll-many",
     "orderly-close",
+    "close-listener",
     "time-wait-bind",
     "idle-timeout",
     "crash-fin",
@@ -30,9 +32,9 @@ const SCENARIOS: [&str; 21] = [
     "half-close",
     "multiplexed-client",
     "byte-stream",
-    "select-limit",
     "chat-rooms",
     "half-duplex",
+    "select-limit",
 ];
 
 /// A demo must finish within 10 s (alone it takes at most 2); this bounds a hung one.
@@ -277,6 +279,45 @@ fn spawn_comes_before_the_handlers_first_event(mode: &str) {
 }
 
 in_modes!([threaded, process] spawn_comes_before_the_handlers_first_event);
+
+#[test]
+fn thread_closes_shared_ends_the_connection_for_every_thread() {
+    let mut demo = demo("thread-closes-shared");
+    server(&mut demo, "spawn");
+    let close = server(&mut demo, "close");
+    assert!(close["note"]
+        .as_str()
+        .unwrap()
+        .contains("share one descriptor table"));
+    before(&demo, ("server", "close"), ("client", "eof"));
+    client(&mut demo, "eof");
+    client(&mut demo, "close");
+    // The handler's failure, drawn before or after the client's EOF: they are independent.
+    let ebadf = demo.seen.iter().find(|e| e["kind"] == "error").unwrap();
+    assert_eq!(ebadf["errno"], "EBADF", "{ebadf}");
+    assert_eq!(ebadf["conn"], 1);
+    assert!(
+        ts(ebadf) >= ts(&close),
+        "the close came first in the demo's own thread"
+    );
+    // Nothing was left unread: the close was a FIN, never an RST.
+    assert!(!demo.seen.iter().any(|e| e["kind"] == "reset"));
+}
+
+#[test]
+fn close_listener_serves_the_old_client_and_refuses_the_new() {
+    let mut demo = demo("close-listener");
+    let accept = server(&mut demo, "accept");
+    let closed = demo.expect_where("close", |e| e["role"] == "server" && e["conn"].is_null());
+    assert!(ts(&closed) >= ts(&accept));
+    assert!(closed["note"].as_str().unwrap().contains("RST"));
+    let refused = client(&mut demo, "refused");
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    let echo = demo.expect_where("recv", |e| e["role"] == "client" && e["data"] == "two\\n");
+    assert!(ts(&echo) > ts(&refused));
+    let summary = server(&mut demo, "summary");
+    assert_eq!(summary["stats"]["connections"], 1);
+}
 
 #[test]
 fn nonblocking_spin_counts_the_wasted_tries() {
@@ -534,55 +575,6 @@ fn held_port() -> (std::net::TcpListener, u16) {
 }
 
 #[test]
-fn select_limit_turns_away_every_connection_past_fd_1023_and_serves_the_rest() {
-    let mut demo = demo("select-limit");
-    let count = |role: &str, kind: &str| {
-        demo.seen
-            .iter()
-            .filter(|e| e["role"] == role && e["kind"] == kind)
-            .count()
-    };
-    let (accepts, limits) = (count("server", "accept"), count("server", "limit"));
-    assert_eq!(accepts, 1100, "every connection is accepted first");
-    assert!(limits > 0, "none turned away:\n{}", demo.history());
-    // Each turned-away client read the reason, then the server's FIN; each other one its echo.
-    assert_eq!(count("client", "eof"), limits);
-    assert_eq!(count("client", "send"), 1100 - limits);
-    for limit in demo.seen.iter().filter(|e| e["kind"] == "limit") {
-        let detail = limit["detail"].as_str().unwrap();
-        let fd: u64 = detail[3..].split(' ').next().unwrap().parse().unwrap();
-        assert!(fd >= 1024, "{limit}");
-        assert!(detail.contains("FD_SETSIZE (1024)"), "{limit}");
-        assert!(
-            limit["note"].as_str().unwrap().contains("FD_SETSIZE"),
-            "{limit}"
-        );
-        let peer = &limit["peer"];
-        let told = demo
-            .seen
-            .iter()
-            .find(|e| e["role"] == "client" && e["kind"] == "recv" && &e["local"] == peer)
-            .unwrap_or_else(|| panic!("no reason read by {peer}"));
-        assert_eq!(
-            told["data"],
-            format!("server full: select() cannot watch fd {fd}\\n")
-        );
-    }
-    let echoes = demo
-        .seen
-        .iter()
-        .filter(|e| e["role"] == "client" && e["kind"] == "recv")
-        .filter(|e| e["data"].as_str().unwrap().starts_with("hello from "))
-        .count();
-    assert_eq!(echoes, 1100 - limits);
-    let summary = server(&mut demo, "summary");
-    assert_eq!(summary["mode"], "select");
-    assert_eq!(summary["stats"]["connections"], 1100);
-    assert_eq!(summary["stats"]["turned_away"], limits);
-    assert_eq!(summary["stats"]["messages"], 1100 - limits);
-}
-
-#[test]
 fn chat_rooms_relays_each_line_to_its_room_only() {
     let mut demo = demo("chat-rooms");
     let nick = server(&mut demo, "nick");
@@ -631,4 +623,53 @@ fn half_duplex_reads_the_second_line_only_after_the_reply() {
         ts(&sent),
         ts(&second)
     );
+}
+
+#[test]
+fn select_limit_turns_away_every_connection_past_fd_1023_and_serves_the_rest() {
+    let mut demo = demo("select-limit");
+    let count = |role: &str, kind: &str| {
+        demo.seen
+            .iter()
+            .filter(|e| e["role"] == role && e["kind"] == kind)
+            .count()
+    };
+    let (accepts, limits) = (count("server", "accept"), count("server", "limit"));
+    assert_eq!(accepts, 1100, "every connection is accepted first");
+    assert!(limits > 0, "none turned away:\n{}", demo.history());
+    // Each turned-away client read the reason, then the server's FIN; each other one its echo.
+    assert_eq!(count("client", "eof"), limits);
+    assert_eq!(count("client", "send"), 1100 - limits);
+    for limit in demo.seen.iter().filter(|e| e["kind"] == "limit") {
+        let detail = limit["detail"].as_str().unwrap();
+        let fd: u64 = detail[3..].split(' ').next().unwrap().parse().unwrap();
+        assert!(fd >= 1024, "{limit}");
+        assert!(detail.contains("FD_SETSIZE (1024)"), "{limit}");
+        assert!(
+            limit["note"].as_str().unwrap().contains("FD_SETSIZE"),
+            "{limit}"
+        );
+        let peer = &limit["peer"];
+        let told = demo
+            .seen
+            .iter()
+            .find(|e| e["role"] == "client" && e["kind"] == "recv" && &e["local"] == peer)
+            .unwrap_or_else(|| panic!("no reason read by {peer}"));
+        assert_eq!(
+            told["data"],
+            format!("server full: select() cannot watch fd {fd}\\n")
+        );
+    }
+    let echoes = demo
+        .seen
+        .iter()
+        .filter(|e| e["role"] == "client" && e["kind"] == "recv")
+        .filter(|e| e["data"].as_str().unwrap().starts_with("hello from "))
+        .count();
+    assert_eq!(echoes, 1100 - limits);
+    let summary = server(&mut demo, "summary");
+    assert_eq!(summary["mode"], "select");
+    assert_eq!(summary["stats"]["connections"], 1100);
+    assert_eq!(summary["stats"]["turned_away"], limits);
+    assert_eq!(summary["stats"]["messages"], 1100 - limits);
 }

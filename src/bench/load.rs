@@ -73,7 +73,7 @@ struct Net {
     message: Vec<u8>,
     buf: Vec<u8>,
     /// Latency of each echo, in microseconds, from the send to the last byte of the echo.
-    pub latency: Histogram<u64>,
+    latency: Histogram<u64>,
     /// Whether latencies are being recorded (only in the measured window).
     recording: bool,
     /// Whether a completed echo is answered with the next message (false while draining).

@@ -37,8 +37,8 @@ use target::Target;
 
 pub use report::Row;
 
-/// The longest a warm-up lasts, whatever happens (a thousand processes to start take a while).
-const WARMUP_MAX: Duration = Duration::from_secs(10);
+/// The longest a warm-up lasts, whatever happens (two thousand processes to start take a while).
+const WARMUP_MAX: Duration = Duration::from_secs(20);
 
 /// The shortest warm-up, and how long without a newly served connection ends it.
 const WARMUP_MIN: Duration = Duration::from_millis(100);
@@ -66,74 +66,63 @@ struct Plan {
     secs: f64,
 }
 
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    /// One of tcp-lab's modes, started by the bench.
+    Mode(Mode),
+    /// `--against HOST:PORT`.
+    Against(SocketAddr),
+}
+
+impl Subject {
+    fn start(self) -> Result<Target> {
+        match self {
+            Subject::Mode(mode) => Target::start(mode),
+            Subject::Against(addr) => Ok(Target::against(addr)),
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Subject::Mode(mode) => mode.name().to_string(),
+            Subject::Against(addr) => addr.to_string(),
+        }
+    }
+}
+
 /// `tcp-lab bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed))
         .context("cannot install the Ctrl-C handler")?;
     raise_open_files_limit(&args.conns, &args.idle)?;
-    let against = args.against.as_deref().map(resolve).transpose()?;
-    if let Some(addr) = against {
-        target::check_reachable(addr)?;
-    }
-    let modes: Vec<Mode> = if against.is_some() {
-        Vec::new()
-    } else {
-        args.modes.0.clone()
+    let subjects = match args.against.as_deref() {
+        Some(text) => {
+            let addr = resolve(text)?;
+            target::check_reachable(addr)?;
+            vec![Subject::Against(addr)]
+        }
+        None => args.modes.0.iter().map(|&m| Subject::Mode(m)).collect(),
     };
-    let servers = if against.is_some() { 1 } else { modes.len() };
-    let plans: Vec<Plan> = args
-        .conns
-        .iter()
-        .flat_map(|&conns| {
-            args.idle.iter().map(move |&idle| Plan {
-                conns,
-                idle,
-                size: args.size,
-                secs: args.secs,
-            })
-        })
-        .collect();
-    let runs = servers * plans.len();
-    eprintln!(
-        "tcp-lab bench: {runs} runs of {} s ({} × {} connection counts × {} idle counts), \
-         about {} s in all; Ctrl-C stops it",
-        args.secs,
-        if against.is_some() {
-            "1 server".to_string()
-        } else {
-            format!("{servers} modes")
-        },
-        args.conns.len(),
-        args.idle.len(),
-        expected_seconds(&modes, &plans, against.is_some()).round()
-    );
+    let plans = plans(args);
+    announce(args, &subjects, &plans);
 
-    let progress = progress_bar(runs as u64);
-    let mut rows = Vec::with_capacity(runs);
+    let progress = progress_bar((subjects.len() * plans.len()) as u64);
+    let mut rows = Vec::new();
     let mut problems = Vec::new();
-    let mut targets: Vec<Option<Mode>> = modes.iter().copied().map(Some).collect();
-    if against.is_some() {
-        targets.push(None);
-    }
-    for mode in targets {
+    'all: for &subject in &subjects {
         for &plan in &plans {
-            let name = mode.map_or_else(
-                || args.against.clone().unwrap_or_default(),
-                |m| m.name().to_string(),
-            );
             progress.set_message(format!(
-                "{name}, {} connections, {} idle",
-                plan.conns, plan.idle
+                "{}, {}, {} idle",
+                subject.name(),
+                count(plan.conns, "connection"),
+                plan.idle
             ));
-            let mut target = match (mode, against) {
-                (Some(mode), _) => Target::start(mode)?,
-                (None, Some(addr)) => Target::against(addr),
-                (None, None) => unreachable!("no mode and no --against"),
-            };
+            let mut target = subject.start()?;
             let row = measure(&mut target, plan, &mut problems)?;
             drop(target); // stopped and reaped before the next one starts
             if interrupted() {
-                break;
+                break 'all;
             }
             if args.format == Format::Json {
                 progress.suspend(|| println!("{}", row.to_json()));
@@ -141,13 +130,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             rows.push(row);
             progress.inc(1);
         }
-        if interrupted() {
-            break;
-        }
     }
     progress.finish_and_clear();
 
-    if args.format == Format::Text {
+    if args.format == Format::Text && !rows.is_empty() {
         print!("{}", report::table(&rows));
     }
     for problem in &problems {
@@ -164,6 +150,41 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// One plan per connection count and idle count, in that order.
+fn plans(args: &BenchArgs) -> Vec<Plan> {
+    let mut plans = Vec::new();
+    for &conns in &args.conns {
+        for &idle in &args.idle {
+            let (size, secs) = (args.size, args.secs);
+            plans.push(Plan {
+                conns,
+                idle,
+                size,
+                secs,
+            });
+        }
+    }
+    plans
+}
+
+/// Say on stderr what is about to run and about how long it takes.
+fn announce(args: &BenchArgs, subjects: &[Subject], plans: &[Plan]) {
+    let against = matches!(subjects.first(), Some(Subject::Against(_)));
+    let seconds: f64 = subjects
+        .iter()
+        .flat_map(|&s| plans.iter().map(move |p| expected_seconds(s, p)))
+        .sum();
+    eprintln!(
+        "tcp-lab bench: {} of {} s ({} × {} × {}), about {} s in all; Ctrl-C stops it",
+        count(subjects.len() * plans.len(), "run"),
+        args.secs,
+        count(subjects.len(), if against { "server" } else { "mode" }),
+        count(args.conns.len(), "connection count"),
+        count(args.idle.len(), "idle count"),
+        seconds.round()
+    );
+}
+
 /// One run against `target`: connect, warm up, measure, close. Anything that went wrong
 /// but still gave figures is added to `problems`.
 fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Result<Row> {
@@ -172,9 +193,12 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
         .context("the load generator failed")?;
     let stop = || interrupted();
 
-    // Warm up until everyone who will be served has been.
+    // Warm up until everyone who will be served has been. Progress is a connection served
+    // for the first time, or the server growing (accepting, starting a thread or a process
+    // per connection, perhaps for the idle ones first); none for WARMUP_QUIET ends it.
     let started = Instant::now();
-    let (mut served, mut last_new) = (0, Instant::now());
+    let progress = |load: &Load| (load.served(), target.size());
+    let (mut seen, mut last_new) = (progress(&load), Instant::now());
     while load.waiting() > 0 && !interrupted() {
         let now = Instant::now();
         let warm = now - started;
@@ -182,8 +206,9 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
             break;
         }
         load.run_until(now + Duration::from_millis(50), &stop)?;
-        if load.served() > served {
-            served = load.served();
+        let now_seen = progress(&load);
+        if now_seen != seen {
+            seen = now_seen;
             last_new = Instant::now();
         }
     }
@@ -205,38 +230,37 @@ fn measure(target: &mut Target, plan: Plan, problems: &mut Vec<String>) -> Resul
             ""
         };
         problems.push(format!(
-            "{} with {} connections and {} idle: no echo came back in {secs:.1} s — the \
-             server answered none of them{why}",
-            target.name, plan.conns, plan.idle
+            "{} with {} and {} idle: no echo came back in {secs:.1} s — the server answered \
+             none of them{why}",
+            target.name,
+            count(plan.conns, "connection"),
+            plan.idle
         ));
     }
     if !target.alive() {
         problems.push(format!("the {} server exited during the run", target.name));
     }
-    load.drain(Instant::now() + DRAIN_WAIT)?;
+    if !interrupted() {
+        load.drain(Instant::now() + DRAIN_WAIT)?; // Ctrl-C does not wait for it
+    }
     load.close(Close::Orderly);
     Ok(row)
 }
 
-/// About how long the whole bench takes: each run's window and warm-up, plus the time to
-/// start a process per connection for `process`.
-fn expected_seconds(modes: &[Mode], plans: &[Plan], against: bool) -> f64 {
-    let per_run = |mode: Option<Mode>, plan: &Plan| {
-        let warm = match mode {
-            Some(Mode::Blocking) => WARMUP_QUIET.as_secs_f64(),
-            Some(Mode::Process) => 0.3 + 0.002 * (plan.conns + plan.idle) as f64,
-            _ => WARMUP_MIN.as_secs_f64(),
-        };
-        plan.secs + warm + 0.15
+/// About how long one run takes: its window and warm-up, plus the time to start a process
+/// per connection for `process`.
+fn expected_seconds(subject: Subject, plan: &Plan) -> f64 {
+    let warm = match subject {
+        Subject::Mode(Mode::Blocking) => WARMUP_QUIET.as_secs_f64(),
+        Subject::Mode(Mode::Process) => 0.2 + 0.005 * (plan.conns + plan.idle) as f64,
+        _ => WARMUP_MIN.as_secs_f64(),
     };
-    if against {
-        return plans.iter().map(|p| per_run(None, p)).sum();
-    }
-    let mut total = 0.0;
-    for &mode in modes {
-        total += plans.iter().map(|p| per_run(Some(mode), p)).sum::<f64>();
-    }
-    total
+    plan.secs + warm + 0.15
+}
+
+/// "1 run", "3 runs".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A bar on stderr when it is a terminal; nothing otherwise (a script's log stays clean).

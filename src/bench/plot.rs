@@ -19,7 +19,7 @@ use super::Row;
 const SIZE: (u32, u32) = (1280, 620);
 
 /// Legend entries per row, under the panels.
-const LEGEND_COLUMNS: usize = 6;
+const LEGEND_COLUMNS: usize = 4;
 const FONT: &str = "sans-serif";
 
 /// One line of the chart: a server with a given number of idle connections.
@@ -113,6 +113,7 @@ where
         .x_desc("connections, each with one message in flight (log scale)")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format_number(*x))
+        .y_labels(12)
         .y_label_formatter(&y_fmt)
         .label_style((FONT, 14))
         .bold_line_style(BLACK.mix(0.15))
@@ -166,7 +167,13 @@ fn legend(area: &DrawingArea<SVGBackend, Shift>, lines: &[Line]) -> Result<()> {
         .map_err(err)?;
         area.draw(&Circle::new((x + 16, y), 4, line.color.filled()))
             .map_err(err)?;
-        let text = Text::new(line.label.clone(), (x + 40, y - 8), (FONT, 15));
+        // A server that answered nobody has no point to draw: the legend says why.
+        let label = if line.rate.is_empty() {
+            format!("{} (none served)", line.label)
+        } else {
+            line.label.clone()
+        };
+        let text = Text::new(label, (x + 40, y - 8), (FONT, 15));
         area.draw(&text).map_err(err)?;
     }
     Ok(())

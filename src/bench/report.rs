@@ -98,7 +98,7 @@ impl Row {
             "p50_us": self.p50_us,
             "p99_us": self.p99_us,
             "max_us": self.max_us,
-            "cpu_s": self.cpu_s.map(|c| round(c, 3)),
+            "cpu_s": self.cpu_s.map(|c| round(c, 6)),
             "cpu_us_per_msg": self.cpu_us_per_msg.map(|c| round(c, 2)),
             "peak_rss_kb": self.peak_rss_kb,
             "threads": self.threads,
@@ -191,8 +191,9 @@ pub fn table(rows: &[Row]) -> String {
 const LEGEND: &str = "\
 served: connections that got at least one echo. p50/p99/max: the time from a send to the
 whole echo. CPU s: the server's user + system time in the window, all its processes;
-µs CPU/msg: that divided by msgs. peak RSS: the sum of its processes' VmHWM. errors:
-connections refused, timed out, reset or closed by the server, or not echoed.
+µs CPU/msg: that divided by msgs. peak RSS: the sum of its processes' VmHWM (pages they
+share, like the program's code, count in each). errors: connections refused, timed out,
+reset or closed by the server, or not echoed.
 ";
 
 /// 1234567 → "1,234,567".
@@ -211,4 +212,67 @@ fn thousands(n: u64) -> String {
 /// kB → "12.3 MB".
 fn megabytes(kb: u64) -> String {
     format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(mode: &str, conns: usize, served: usize, msgs: u64) -> Row {
+        Row {
+            mode: mode.into(),
+            conns,
+            idle: 0,
+            size: 64,
+            secs: 1.0,
+            served,
+            msgs,
+            msgs_per_s: msgs as f64,
+            p50_us: (msgs > 0).then_some(20),
+            p99_us: (msgs > 0).then_some(90),
+            max_us: (msgs > 0).then_some(1500),
+            cpu_s: Some(0.25),
+            cpu_us_per_msg: (msgs > 0).then(|| 0.25e6 / msgs as f64),
+            peak_rss_kb: Some(4300),
+            threads: Some(2),
+            processes: Some(1),
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn the_table_lines_up_and_shows_a_dash_where_nothing_was_measured() {
+        let rows = [row("poll", 1000, 1000, 25_000), row("blocking", 50, 0, 0)];
+        let table = table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("mode "), "{table}");
+        assert!(lines[1].starts_with("poll ") && lines[1].contains("1000/1000"));
+        assert!(lines[1].contains("25,000") && lines[1].contains("4.2 MB"));
+        assert_eq!(lines[2], "", "a blank line between servers");
+        assert!(lines[3].starts_with("blocking") && lines[3].contains("0/50"));
+        assert!(lines[3].contains('–'), "{}", lines[3]);
+        // Every row ends where the header ends: the columns are right-aligned.
+        let width = |l: &str| l.chars().count();
+        assert_eq!(width(lines[1]), width(lines[0]));
+        assert_eq!(width(lines[3]), width(lines[0]));
+    }
+
+    #[test]
+    fn json_has_designs_fields_in_order_and_null_where_unknown() {
+        let json = row("blocking", 50, 0, 0).to_json();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 17);
+        assert_eq!(keys[0], "mode");
+        assert_eq!(keys[16], "errors");
+        assert!(json["p50_us"].is_null() && json["cpu_us_per_msg"].is_null());
+        assert_eq!(json["cpu_s"], 0.25);
+    }
 }

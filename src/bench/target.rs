@@ -8,8 +8,11 @@
 //! it dies with the bench if the bench is killed outright.
 //!
 //! Its cost counts the whole process tree (the process model's children included): CPU time
-//! is utime + stime from /proc/PID/stat, plus the children's that were already reaped
-//! (cutime + cstime); peak memory is the sum of each process's VmHWM.
+//! is each thread's time on a CPU, user and system, from /proc/PID/task/TID/schedstat — the
+//! same time /proc/PID/stat gives as utime + stime, but in nanoseconds instead of clock
+//! ticks (1/100 s, rounded down per process: over a thousand children running microseconds
+//! at a time that rounding swamps the figure). Where schedstat is missing, utime + stime it
+//! is. Peak memory is the sum of each process's VmHWM.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -131,19 +134,27 @@ impl Target {
 
     /// The server's cost so far, or None if its process is unknown or gone.
     pub fn usage(&self) -> Option<Usage> {
-        let pid = self.pid?;
-        let tree = process_tree(pid);
         let mut usage = Usage::default();
-        for pid in tree {
-            let Some(cpu) = cpu_seconds(pid) else {
-                continue; // it exited between the listing and now
-            };
-            usage.cpu_s += cpu;
+        for (pid, stat) in process_tree(self.pid?) {
             usage.processes += 1;
+            usage.threads += stat.threads;
+            usage.cpu_s += thread_cpu_seconds(pid).unwrap_or(stat.cpu_s);
             usage.peak_rss_kb += status_field(pid, "VmHWM").unwrap_or(0);
-            usage.threads += status_field(pid, "Threads").unwrap_or(0);
         }
         (usage.processes > 0).then_some(usage)
+    }
+
+    /// How big the server is now: its processes, threads, and the descriptors of its main
+    /// process (one per connection accepted). Cheaper than [`Target::usage`], for watching
+    /// it grow while it accepts.
+    pub fn size(&self) -> (u64, u64, u64) {
+        let Some(pid) = self.pid else {
+            return (0, 0, 0);
+        };
+        let tree = process_tree(pid);
+        let threads = tree.iter().map(|(_, stat)| stat.threads).sum();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        (tree.len() as u64, threads, fds as u64)
     }
 
     /// SIGTERM (tcp-lab's clean stop), then SIGKILL if it is still there after STOP_GRACE;
@@ -197,46 +208,69 @@ fn keep_text(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-/// `pid` and all its descendants, from each process's parent in /proc/*/stat.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+/// What /proc/PID/stat says about a process.
+struct Stat {
+    parent: u32,
+    threads: u64,
+    /// utime + stime, in seconds (clock ticks: the fallback when schedstat is missing).
+    cpu_s: f64,
+}
+
+/// `pid` and all its descendants, each with its stat, from /proc/*/stat (each names its
+/// parent).
+fn process_tree(pid: u32) -> Vec<(u32, Stat)> {
+    let mut all: HashMap<u32, Stat> = HashMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse().ok()) {
-            children.entry(ppid).or_default().push(p);
+        if let Some(stat) = read_stat(p) {
+            all.insert(p, stat);
         }
     }
-    let mut tree = vec![pid];
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&p, stat) in &all {
+        children.entry(stat.parent).or_default().push(p);
+    }
+    let mut pids = vec![pid];
     let mut i = 0;
-    while i < tree.len() {
-        tree.extend(children.get(&tree[i]).into_iter().flatten());
+    while i < pids.len() {
+        pids.extend(children.get(&pids[i]).into_iter().flatten());
         i += 1;
     }
-    tree
+    pids.into_iter()
+        .filter_map(|p| Some((p, all.remove(&p)?)))
+        .collect()
 }
 
-/// The fields of /proc/PID/stat after the command name: [0] is the state, [1] the parent.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
+/// /proc/PID/stat, fields 4 (parent), 14 and 15 (utime, stime) and 20 (threads).
+fn read_stat(pid: u32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may itself hold spaces or parentheses.
     let after_name = stat.get(stat.rfind(')')? + 2..)?;
-    Some(after_name.split_whitespace().map(String::from).collect())
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let number = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Stat {
+        parent: number(1)? as u32,
+        threads: number(17)?,
+        cpu_s: (number(11)? + number(12)?) as f64 / ticks_per_second,
+    })
 }
 
-/// utime + stime + cutime + cstime (fields 14–17 of /proc/PID/stat), in seconds: its own
-/// CPU time and that of the children it has already reaped.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let fields = stat_fields(pid)?;
-    let ticks: u64 = fields
-        .get(11..15)?
-        .iter()
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / per_second.max(1) as f64)
+/// The CPU time of every thread of `pid`, from /proc/PID/task/TID/schedstat (its first
+/// field: nanoseconds on a CPU). None where the kernel has no schedstat.
+fn thread_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
 }
 
 /// A number from /proc/PID/status (`VmHWM` in kB, `Threads`).

@@ -349,6 +349,12 @@ pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
             }
             continue;
         }
+        // A demo's server told `--exit-after` closes its listener once its last connection
+        // is in: that is how the demo ends, not what it shows, and it puts nothing on the
+        // wire of the connections drawn (`--format json` has the event).
+        if e["note"] == note::CLOSE_LISTENER_EXIT {
+            continue;
+        }
         let side = Side::of(e);
         let kind = kind_of(e);
         let time = e["ts"].as_f64();
@@ -404,6 +410,8 @@ pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
             }
             // A client's timeout only gave up waiting (--wait, --connect-timeout): no packet.
             Kind::Timeout if side == Side::Client => {}
+            // The listening socket: nothing crosses the wire until a newcomer's SYN.
+            Kind::Close if is_listener_close(note) => {}
             // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
             Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
                 (d.rst[me], d.gone[me]) = (true, true);
@@ -610,6 +618,9 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         Kind::Send => vec![label("write()"), plain(format!("= {bytes}"))],
         Kind::Eof => vec![label("read() = 0"), Piece::new("EOF", Style::Dim)],
         Kind::Shutdown => vec![label("shutdown(Write)")],
+        Kind::Close if is_listener_close(e["note"].as_str().unwrap_or("")) => {
+            vec![label("close()"), plain("listener".into())]
+        }
         Kind::Close => vec![label("close()")],
         Kind::Abort => vec![label("close()"), plain("SO_LINGER 0".into())],
         Kind::Reset => {
@@ -647,13 +658,19 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
         let more = if shown.len() < data.len() { "…" } else { "" };
         pieces.push(Piece::new(format!("\"{shown}\"{more}"), Style::Dim));
     }
-    let detail_is_new = !matches!(kind, Kind::Reset | Kind::Listen);
+    let detail_is_new = !matches!(kind, Kind::Reset | Kind::Listen)
+        && !is_listener_close(e["note"].as_str().unwrap_or(""));
     if !detail.is_empty() && detail_is_new {
         // Word by word, so a long detail wraps instead of being cut.
         let words = format!("({detail})");
         pieces.extend(words.split(' ').map(|w| Piece::new(w, Style::Dim)));
     }
     pieces
+}
+
+/// The close of a listening socket (`--close-listener-after`, `--exit-after`).
+fn is_listener_close(note: &str) -> bool {
+    note == note::CLOSE_LISTENER || note == note::CLOSE_LISTENER_EXIT
 }
 
 /// A string field of an event, or nothing.

@@ -52,6 +52,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: thread_per_client,
     },
     Scenario {
+        name: "thread-closes-shared",
+        about: "a thread closes the socket it shares: gone for every thread",
+        run: thread_closes_shared,
+    },
+    Scenario {
         name: "nonblocking-spin",
         about: "one thread tries every socket: WouldBlock, a core burned",
         run: nonblocking_spin,
@@ -65,6 +70,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "orderly-close",
         about: "FIN both ways: EOF, CLOSE_WAIT, TIME_WAIT on the closer",
         run: orderly_close,
+    },
+    Scenario {
+        name: "close-listener",
+        about: "the listener closed while serving: old clients go on, new refused",
+        run: close_listener,
     },
     Scenario {
         name: "time-wait-bind",
@@ -117,11 +127,6 @@ pub const SCENARIOS: &[Scenario] = &[
         run: byte_stream,
     },
     Scenario {
-        name: "select-limit",
-        about: "1,100 clients on select(): past fd 1023 each is turned away, with the reason",
-        run: select_limit,
-    },
-    Scenario {
         name: "chat-rooms",
         about: "three users, two rooms, a rename, one leaves by RST: who hears what",
         run: chat_rooms,
@@ -130,6 +135,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "half-duplex",
         about: "talk in blocking mode: the client's second line waits for the operator",
         run: half_duplex,
+    },
+    Scenario {
+        name: "select-limit",
+        about: "1,100 clients on select(): past fd 1023 each is turned away, with the reason",
+        run: select_limit,
     },
 ];
 
@@ -231,6 +241,110 @@ fn parent_keeps_fd(lab: &mut Lab) -> Result<String> {
         "the child exited at {:.3} s, but the client saw the FIN only at {:.3} s, when the parent closed its copy",
         ts(&exit),
         ts(&eof)
+    ))
+}
+
+/// Seed 000: "threads must not close, fork must". The process model's parent closes its
+/// copy; a thread that does the same closes the one descriptor every thread shares. The demo
+/// is the server here, with real threads: the main thread accepts, hands the socket to a
+/// handler thread, then closes it as a process-model parent would.
+fn thread_closes_shared(lab: &mut Lab) -> Result<String> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::sync::mpsc;
+
+    let listener = raw_listener(lab, 128)?;
+    let port = listener.local_addr()?.port();
+    // Interactive (stdin kept open by the demo): it watches the socket, so a FIN shows at once.
+    let client = lab.client(port, &[])?;
+    let conn = raw_accept(lab, &listener)?;
+    lab.wait("the client's connect", |e| is(e, CLIENT, "connect"))?;
+    let fd = conn.stream.as_raw_fd();
+
+    // The handler thread gets the descriptor's number, as a thread in C or Python would.
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    let handler = std::thread::spawn(move || {
+        let _ = wait_for_go.recv();
+        // MSG_DONTWAIT: whatever the number now names, this call cannot block.
+        let mut buf = [0u8; 64];
+        // SAFETY: recv() only writes into `buf`; a closed descriptor is an error, not UB.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        (n, std::io::Error::last_os_error())
+    });
+    let spawn = conn
+        .event(Kind::Spawn)
+        .detail("thread handler")
+        .note(note::SPAWN_THREAD);
+    lab.emit(Role::Server, spawn);
+
+    // The mistake: the main thread closes "its copy", but there is only one.
+    let close = conn.event_closed(Kind::Close).detail("in the main thread");
+    let Connection {
+        stream,
+        local,
+        peer,
+        ..
+    } = conn;
+    // SAFETY: we own the descriptor; close() it, as the process model's parent does.
+    unsafe { libc::close(stream.into_raw_fd()) };
+    lab.emit(Role::Server, close.note(note::CLOSE_SHARED_THREAD));
+    let _ = go.send(());
+    let (n, error) = handler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the handler thread panicked"))?;
+    ensure!(
+        n < 0 && error.raw_os_error() == Some(libc::EBADF),
+        "the handler's recv() returned {n} ({error}), not EBADF"
+    );
+    let failed = Event::new(Kind::Error)
+        .conn(1)
+        .addrs(local, peer)
+        .errno(Some("EBADF"))
+        .detail("recv() in the handler thread")
+        .note(note::EBADF_SHARED_THREAD);
+    lab.emit(Role::Server, failed);
+
+    let eof = lab.wait("the client to read the FIN", |e| is(e, CLIENT, "eof"))?;
+    lab.expect_exit_code(client, 0)?;
+    Ok(format!(
+        "the main thread's close() sent the FIN (the client read EOF at {:.3} s) and took the handler's socket with it: its recv() failed EBADF",
+        ts(&eof)
+    ))
+}
+
+// ---------------------------------------------------------------- the listening socket
+
+/// Seed 003 closes its listening socket while its clients are still served.
+fn close_listener(lab: &mut Lab) -> Result<String> {
+    let (_server, port) = lab.serve(&["--mode", "threaded", "--close-listener-after", "1"])?;
+    let first = lab.client(
+        port,
+        &["--send", "one", "--send", "two", "--interval", "500"],
+    )?;
+    let closed = lab.wait("the server to close its listening socket", |e| {
+        is(e, SERVER, "close") && conn(e).is_none()
+    })?;
+    lab.wait("the first echo", |e| is(e, CLIENT, "recv"))?;
+    let second = lab.client(port, &["--send", "hi"])?;
+    let refused = lab.wait("the second client to be refused", |e| {
+        is(e, CLIENT, "refused")
+    })?;
+    lab.expect_exit_code(second, 1)?;
+    let echo = lab.wait("the first client's second echo", |e| {
+        is(e, CLIENT, "recv") && e["data"] == "two\\n"
+    })?;
+    lab.expect_exit_code(first, 0)?;
+    ensure!(
+        ts(&refused) > ts(&closed) && ts(&echo) > ts(&refused),
+        "listener closed at {:.3} s, refusal at {:.3} s, echo at {:.3} s: not in that order",
+        ts(&closed),
+        ts(&refused),
+        ts(&echo)
+    );
+    Ok(format!(
+        "the listening socket closed at {:.3} s: a new client was refused (SYN answered by RST) at {:.3} s, and the client already accepted was still echoed at {:.3} s",
+        ts(&closed),
+        ts(&refused),
+        ts(&echo)
     ))
 }
 
@@ -842,132 +956,6 @@ fn connect_event(socket: &Socket, to: SocketAddr) -> Event {
         .state(tcp_state::of(socket))
 }
 
-// ---------------------------------------------------------------- select's wall
-
-/// How many clients select-limit opens: more than an fd_set's 1024 bits.
-const PAST_THE_WALL: usize = 1100;
-
-/// Seed 001's "at most 1024": the select server's descriptors climb past FD_SETSIZE; each
-/// connection that lands there is accepted, told why, and closed; the others are served.
-fn select_limit(lab: &mut Lab) -> Result<String> {
-    // The demo's sockets and the server's (which inherits the limit): both need 1,100+.
-    raise_fd_limit((PAST_THE_WALL * 2 + 100) as libc::rlim_t)?;
-    let (server, port) = lab.serve(&["--mode", "select", "--quiet", "--backlog", "2048"])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut clients = Vec::with_capacity(PAST_THE_WALL);
-    for _ in 0..PAST_THE_WALL {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .context("a client could not connect")?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        lab.emit(
-            Role::Client,
-            client_event(&stream, Kind::Connect).note(note::CONNECT),
-        );
-        clients.push(stream);
-    }
-    lab.wait_many("the server to accept every client", PAST_THE_WALL, |e| {
-        is(e, SERVER, "accept")
-    })?;
-    // The clients were accepted in the order they connected, and the last one is surely past
-    // the wall: once its `limit` has come, every other `limit` has come before it.
-    let last = clients.last().context("no client")?.local_addr()?.port();
-    let last_limit = lab.wait("the last client to be turned away", |e| {
-        is(e, SERVER, "limit") && port_of(&e["peer"]) == Some(last)
-    })?;
-    let mut limits = vec![last_limit];
-    while let Some(limit) = lab.take_now(|e| is(e, SERVER, "limit")) {
-        limits.push(limit);
-    }
-    let mut turned_away = Vec::new(); // (the client's port, the server's fd)
-    for limit in &limits {
-        let fd = limit["detail"]
-            .as_str()
-            .and_then(|d| {
-                d.strip_prefix("fd ")?
-                    .split(' ')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .context("no descriptor in the limit event")?;
-        let peer = port_of(&limit["peer"]).context("no peer in the limit event")?;
-        turned_away.push((peer, fd));
-    }
-    ensure!(
-        !turned_away.is_empty(),
-        "no connection was turned away: the server's descriptors never reached 1024"
-    );
-    ensure!(
-        turned_away.iter().all(|&(_, fd)| fd >= 1024),
-        "a connection below fd 1024 was turned away: {turned_away:?}"
-    );
-
-    let mut served = 0;
-    for stream in &mut clients {
-        let local = stream.local_addr()?.port();
-        if let Some(&(_, fd)) = turned_away.iter().find(|(p, _)| *p == local) {
-            // The reason, then the server's FIN (it closed right after saying it).
-            let mut told = Vec::new();
-            stream
-                .read_to_end(&mut told)
-                .context("the reason did not come")?;
-            let event = client_event(stream, Kind::Recv).payload(&told);
-            lab.emit(Role::Client, event.note(note::RECV));
-            lab.emit(
-                Role::Client,
-                client_event(stream, Kind::Eof).note(note::EOF),
-            );
-            let expected = format!("server full: select() cannot watch fd {fd}\n");
-            ensure!(
-                told == expected.as_bytes(),
-                "a client past the wall was told {:?}, not {expected:?}",
-                String::from_utf8_lossy(&told)
-            );
-        } else {
-            let message = format!("hello from {local}\n");
-            stream.write_all(message.as_bytes())?;
-            let event = client_event(stream, Kind::Send).payload(message.as_bytes());
-            lab.emit(Role::Client, event.note(note::SEND));
-            let mut echo = vec![0u8; message.len()];
-            stream
-                .read_exact(&mut echo)
-                .context("a client below the wall got no echo")?;
-            let event = client_event(stream, Kind::Recv).payload(&echo);
-            lab.emit(Role::Client, event.note(note::RECV));
-            served += 1;
-        }
-    }
-    for stream in clients.drain(..) {
-        let event = client_event(&stream, Kind::Close).state(None);
-        drop(stream);
-        lab.emit(Role::Client, event.note(note::CLOSE_FIRST));
-    }
-    lab.wait_many("the server to close every served connection", served, |e| {
-        is(e, SERVER, "close")
-    })?;
-    lab.interrupt(server);
-    let summary = lab.wait("the server's summary", |e| is(e, SERVER, "summary"))?;
-    ensure!(
-        summary["stats"]["turned_away"] == turned_away.len(),
-        "the summary counts {} turned away, not {}",
-        summary["stats"]["turned_away"],
-        turned_away.len()
-    );
-    let lowest = turned_away.iter().map(|t| t.1).min().unwrap_or(0);
-    let highest = turned_away.iter().map(|t| t.1).max().unwrap_or(0);
-    // Each one closed at once frees its descriptor, so the next one usually gets it again.
-    let fds = if lowest == highest {
-        format!("each got fd {lowest} (the lowest free one, once 0–1023 were taken)")
-    } else {
-        format!("got fd {lowest}–{highest}")
-    };
-    Ok(format!(
-        "{served} clients were served by one select() loop; the other {} {fds}, past an \
-         fd_set's FD_SETSIZE = 1024 bits, and were accepted, told why, and closed with a FIN",
-        turned_away.len()
-    ))
-}
-
 // ---------------------------------------------------------------- chat and talk (seed 004)
 
 /// A chat user the demo drives itself: a socket, and every line it has heard.
@@ -1133,5 +1121,131 @@ fn half_duplex(lab: &mut Lab) -> Result<String> {
 after its operator's reply ({:.3} s): half-duplex, each side waits for the other",
         ts(&second),
         ts(&reply)
+    ))
+}
+
+// ---------------------------------------------------------------- select's wall
+
+/// How many clients select-limit opens: more than an fd_set's 1024 bits.
+const PAST_THE_WALL: usize = 1100;
+
+/// Seed 001's "at most 1024": the select server's descriptors climb past FD_SETSIZE; each
+/// connection that lands there is accepted, told why, and closed; the others are served.
+fn select_limit(lab: &mut Lab) -> Result<String> {
+    // The demo's sockets and the server's (which inherits the limit): both need 1,100+.
+    raise_fd_limit((PAST_THE_WALL * 2 + 100) as libc::rlim_t)?;
+    let (server, port) = lab.serve(&["--mode", "select", "--quiet", "--backlog", "2048"])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut clients = Vec::with_capacity(PAST_THE_WALL);
+    for _ in 0..PAST_THE_WALL {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .context("a client could not connect")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        lab.emit(
+            Role::Client,
+            client_event(&stream, Kind::Connect).note(note::CONNECT),
+        );
+        clients.push(stream);
+    }
+    lab.wait_many("the server to accept every client", PAST_THE_WALL, |e| {
+        is(e, SERVER, "accept")
+    })?;
+    // The clients were accepted in the order they connected, and the last one is surely past
+    // the wall: once its `limit` has come, every other `limit` has come before it.
+    let last = clients.last().context("no client")?.local_addr()?.port();
+    let last_limit = lab.wait("the last client to be turned away", |e| {
+        is(e, SERVER, "limit") && port_of(&e["peer"]) == Some(last)
+    })?;
+    let mut limits = vec![last_limit];
+    while let Some(limit) = lab.take_now(|e| is(e, SERVER, "limit")) {
+        limits.push(limit);
+    }
+    let mut turned_away = Vec::new(); // (the client's port, the server's fd)
+    for limit in &limits {
+        let fd = limit["detail"]
+            .as_str()
+            .and_then(|d| {
+                d.strip_prefix("fd ")?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .context("no descriptor in the limit event")?;
+        let peer = port_of(&limit["peer"]).context("no peer in the limit event")?;
+        turned_away.push((peer, fd));
+    }
+    ensure!(
+        !turned_away.is_empty(),
+        "no connection was turned away: the server's descriptors never reached 1024"
+    );
+    ensure!(
+        turned_away.iter().all(|&(_, fd)| fd >= 1024),
+        "a connection below fd 1024 was turned away: {turned_away:?}"
+    );
+
+    let mut served = 0;
+    for stream in &mut clients {
+        let local = stream.local_addr()?.port();
+        if let Some(&(_, fd)) = turned_away.iter().find(|(p, _)| *p == local) {
+            // The reason, then the server's FIN (it closed right after saying it).
+            let mut told = Vec::new();
+            stream
+                .read_to_end(&mut told)
+                .context("the reason did not come")?;
+            let event = client_event(stream, Kind::Recv).payload(&told);
+            lab.emit(Role::Client, event.note(note::RECV));
+            lab.emit(
+                Role::Client,
+                client_event(stream, Kind::Eof).note(note::EOF),
+            );
+            let expected = format!("server full: select() cannot watch fd {fd}\n");
+            ensure!(
+                told == expected.as_bytes(),
+                "a client past the wall was told {:?}, not {expected:?}",
+                String::from_utf8_lossy(&told)
+            );
+        } else {
+            let message = format!("hello from {local}\n");
+            stream.write_all(message.as_bytes())?;
+            let event = client_event(stream, Kind::Send).payload(message.as_bytes());
+            lab.emit(Role::Client, event.note(note::SEND));
+            let mut echo = vec![0u8; message.len()];
+            stream
+                .read_exact(&mut echo)
+                .context("a client below the wall got no echo")?;
+            let event = client_event(stream, Kind::Recv).payload(&echo);
+            lab.emit(Role::Client, event.note(note::RECV));
+            served += 1;
+        }
+    }
+    for stream in clients.drain(..) {
+        let event = client_event(&stream, Kind::Close).state(None);
+        drop(stream);
+        lab.emit(Role::Client, event.note(note::CLOSE_FIRST));
+    }
+    lab.wait_many("the server to close every served connection", served, |e| {
+        is(e, SERVER, "close")
+    })?;
+    lab.interrupt(server);
+    let summary = lab.wait("the server's summary", |e| is(e, SERVER, "summary"))?;
+    ensure!(
+        summary["stats"]["turned_away"] == turned_away.len(),
+        "the summary counts {} turned away, not {}",
+        summary["stats"]["turned_away"],
+        turned_away.len()
+    );
+    let lowest = turned_away.iter().map(|t| t.1).min().unwrap_or(0);
+    let highest = turned_away.iter().map(|t| t.1).max().unwrap_or(0);
+    // Each one closed at once frees its descriptor, so the next one usually gets it again.
+    let fds = if lowest == highest {
+        format!("each got fd {lowest} (the lowest free one, once 0–1023 were taken)")
+    } else {
+        format!("got fd {lowest}–{highest}")
+    };
+    Ok(format!(
+        "{served} clients were served by one select() loop; the other {} {fds}, past an \
+         fd_set's FD_SETSIZE = 1024 bits, and were accepted, told why, and closed with a FIN",
+        turned_away.len()
     ))
 }

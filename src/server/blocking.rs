@@ -27,6 +27,8 @@ pub fn run(listener: &TcpListener, server: &Server) {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
 
         // Serve this client to the end. Everyone else waits in the kernel's accept queue.
         match echo::serve(conn, server) {

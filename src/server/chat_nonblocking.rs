@@ -34,6 +34,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
             match event_loop::accept(&mut acceptor, listener, server) {
                 LoopAccepted::Conn(lc) => {
                     hub.admit(lc.conn, server);
+                    // --close-listener-after / --exit-after: close the listener now.
+                    acceptor.close_listener_if_due(listener, server);
                 }
                 LoopAccepted::BackOff => accept_paused_until = Some(now + EMFILE_BACKOFF),
                 LoopAccepted::TurnedAway | LoopAccepted::Empty => {}

@@ -66,7 +66,7 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
             if ready.key == LISTENER {
                 if accept_some(listener, &poller, &mut acceptor, &mut hub, server) {
                     listener_paused_until = Some(Instant::now() + EMFILE_BACKOFF);
-                } else {
+                } else if !acceptor.listener_closed() {
                     rearm(&poller, listener, Event::readable(LISTENER), server);
                 }
                 continue;
@@ -138,6 +138,12 @@ fn accept_some(
                     continue;
                 }
                 hub.admit(conn, server); // welcome text queued, written at the end of the turn
+                                         // --close-listener-after / --exit-after: out of the poller, then close it.
+                if acceptor.listener_close_due(server) {
+                    let _ = poller.delete(listener);
+                    acceptor.close_listener_if_due(listener, server);
+                    return false;
+                }
             }
             LoopAccepted::TurnedAway => continue,
             LoopAccepted::Empty => return false,

@@ -63,7 +63,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         // 1. Build the sets from scratch: select() overwrote the last ones.
         let (mut readable, mut writable) = (FdSet::new(), FdSet::new());
         let mut highest = -1;
-        if listener_paused_until.is_none() && lfd < FD_SETSIZE {
+        // A closed listener's number now holds /dev/null, always "readable": leave it out.
+        if listener_paused_until.is_none() && !acceptor.listener_closed() && lfd < FD_SETSIZE {
             readable.add(lfd);
             highest = lfd;
         }
@@ -108,7 +109,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         let now = Instant::now();
 
         // 3. Check every bit we set: the scan on our side.
-        let listener_ready = listener_paused_until.is_none() && readable.has(lfd);
+        let listener_ready =
+            listener_paused_until.is_none() && !acceptor.listener_closed() && readable.has(lfd);
         if listener_ready && accept_some(listener, &mut acceptor, &mut hub, server) {
             listener_paused_until = Some(now + EMFILE_BACKOFF);
         }
@@ -166,6 +168,8 @@ fn accept_some(
                     continue;
                 }
                 hub.admit(lc.conn, server);
+                // --close-listener-after / --exit-after: close the listener now.
+                acceptor.close_listener_if_due(listener, server);
             }
             LoopAccepted::TurnedAway => continue,
             LoopAccepted::Empty => return false,

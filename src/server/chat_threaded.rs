@@ -36,8 +36,8 @@ use super::chat::{
 use super::{echo, Acceptor, Connection, Server, Stats, TICK};
 use crate::chat::{Chat, Happening, LineFramer, MemberId, Outbox, Why};
 use crate::event::{Event, Kind};
-use crate::note;
 use crate::outcome::{self, ReadOutcome, WriteOutcome};
+use crate::{note, tcp_state};
 
 /// Everything the member threads share, behind one lock.
 #[derive(Default)]
@@ -103,6 +103,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) -> Result<()> {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         let id = conn.id;
         let spawned = conn
             .event(Kind::Spawn)
@@ -221,6 +223,16 @@ fn read_lines(
         }
         let n = match outcome::classify_read((&conn.stream).read(&mut buf)) {
             ReadOutcome::Data(n) => n,
+            // The first call after an RST fails ECONNRESET, whichever it is: if this
+            // member's writer thread made it, our read only returns 0. The kernel's state
+            // tells them apart: CLOSE after an RST, CLOSE_WAIT after a FIN.
+            ReadOutcome::Eof if tcp_state::of(&conn.stream) == Some("CLOSE") => {
+                server
+                    .out
+                    .emit(conn.event(Kind::Eof).note(note::EOF_AFTER_RESET));
+                leave(rooms, id, Why::Reset, server);
+                return Ending::Dead;
+            }
             ReadOutcome::Eof => {
                 server.out.emit(conn.event(Kind::Eof).note(note::EOF));
                 leave(rooms, id, Why::Eof, server);

@@ -355,6 +355,8 @@ pub fn accept(acceptor: &mut Acceptor, listener: &TcpListener, server: &Server) 
             return LoopAccepted::Empty;
         }
         Accepted::TurnedAway => return LoopAccepted::TurnedAway,
+        // No accept() was even tried: nothing to count as a wasted call.
+        Accepted::Closed => return LoopAccepted::Empty,
         Accepted::BackOff => return LoopAccepted::BackOff,
     };
     // The accepted socket does not inherit O_NONBLOCK from the listener (on Linux).

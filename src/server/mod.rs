@@ -66,6 +66,8 @@ pub struct Config {
     pub reset_after: Option<u64>,
     /// Stop once this many connections have finished.
     pub exit_after: Option<u64>,
+    /// Close the listening socket once this many connections are accepted.
+    pub close_listener_after: Option<u64>,
     /// Above this many open connections, turn newcomers away.
     pub max_conns: Option<u64>,
     /// Close a connection idle this long.
@@ -91,9 +93,25 @@ impl Config {
             crash_after: args.crash_after,
             reset_after: args.reset_after,
             exit_after: args.exit_after,
+            close_listener_after: args.close_listener_after,
             max_conns: args.max_conns,
             idle_timeout: args.idle_timeout.map(Duration::from_secs),
             copy_held_elsewhere: false,
+        }
+    }
+}
+
+impl Config {
+    /// When to close the listening socket, and the note that says why: after
+    /// `--close-listener-after N` connections, or after `--exit-after N` (no later connection
+    /// would be served), whichever comes first.
+    pub fn listener_close_after(&self) -> Option<(u64, &'static str)> {
+        let closing = self.close_listener_after.map(|n| (n, note::CLOSE_LISTENER));
+        let exiting = self.exit_after.map(|n| (n, note::CLOSE_LISTENER_EXIT));
+        match (closing, exiting) {
+            (Some(c), Some(e)) if e.0 < c.0 => Some(e),
+            (Some(c), _) => Some(c),
+            (None, e) => e,
         }
     }
 }
@@ -249,6 +267,9 @@ pub enum Accepted {
     /// Nothing queued (EAGAIN, or the TICK of the blocking models ran out), a signal
     /// interrupted the call, or a queued connection was reset before we took it.
     Nothing,
+    /// The listening socket is closed (`--close-listener-after`, `--exit-after`): there is
+    /// nothing to accept any more.
+    Closed,
     /// Out of descriptors (reported once per episode) or another failure (reported): stop
     /// accepting for EMFILE_BACKOFF rather than failing again at once, the way nginx does.
     /// The connections wait in the kernel's queue meanwhile.
@@ -261,10 +282,15 @@ pub enum Accepted {
 pub struct Acceptor {
     accepted: u64,
     reported_emfile: bool,
+    /// The listening socket has been closed ([`Acceptor::close_listener_if_due`]).
+    listener_closed: bool,
 }
 
 impl Acceptor {
     pub fn accept(&mut self, listener: &TcpListener, server: &Server) -> Accepted {
+        if self.listener_closed {
+            return Accepted::Closed;
+        }
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
             Err(e) => return self.failed(&e, server),
@@ -290,11 +316,57 @@ impl Acceptor {
         match self.accept(listener, server) {
             Accepted::Conn(conn) => Some(conn),
             Accepted::Nothing | Accepted::TurnedAway => None,
+            // Nothing will ever be accepted again: wait like an empty accept() would.
+            Accepted::Closed => {
+                server.stop.sleep(TICK);
+                None
+            }
             Accepted::BackOff => {
                 server.stop.sleep(EMFILE_BACKOFF);
                 None
             }
         }
+    }
+
+    /// Has the listening socket been closed? (The event loops stop watching it.)
+    pub fn listener_closed(&self) -> bool {
+        self.listener_closed
+    }
+
+    /// Is it time to close the listening socket (and has it not been closed yet)?
+    pub fn listener_close_due(&self, server: &Server) -> bool {
+        server
+            .config
+            .listener_close_after()
+            .is_some_and(|(n, _)| !self.listener_closed && Stats::get(&server.stats.accepted) >= n)
+    }
+
+    /// `--close-listener-after N`, or `--exit-after N`: once N connections are accepted,
+    /// close() the listening socket, and say so. Every mode calls this right after it
+    /// accepted a connection. Returns true when it closed it just now.
+    pub fn close_listener_if_due(&mut self, listener: &TcpListener, server: &Server) -> bool {
+        let Some((n, why)) = server.config.listener_close_after() else {
+            return false;
+        };
+        if !self.listener_close_due(server) {
+            return false;
+        }
+        self.listener_closed = true;
+        let local = listener.local_addr().ok();
+        let event = match close_in_place(listener) {
+            Ok(()) => Event::new(Kind::Close)
+                .addrs(local, None)
+                .detail(format!(
+                    "listening socket, after {n} connection{}",
+                    if n == 1 { "" } else { "s" }
+                ))
+                .note(why),
+            Err(e) => Event::new(Kind::Error).addrs(local, None).detail(format!(
+                "cannot close the listening socket: {e}; accepting no more"
+            )),
+        };
+        server.out.emit(event);
+        true
     }
 
     fn failed(&mut self, error: &io::Error, server: &Server) -> Accepted {
@@ -315,6 +387,30 @@ impl Acceptor {
         }
         Accepted::BackOff
     }
+}
+
+/// close() the listening socket while `server::run` still owns its descriptor (every mode
+/// borrows it): dup3() puts /dev/null at the same number, which closes the socket exactly
+/// as close() would (its port stops listening; connections still in its queue are reset),
+/// and leaves a descriptor its owner can drop as usual.
+fn close_in_place(listener: &TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup3/dup2 onto a descriptor this process owns; no memory is involved.
+    #[cfg(target_os = "linux")]
+    let rc = unsafe { libc::dup3(null.as_raw_fd(), listener.as_raw_fd(), libc::O_CLOEXEC) };
+    #[cfg(not(target_os = "linux"))]
+    let rc = unsafe {
+        let rc = libc::dup2(null.as_raw_fd(), listener.as_raw_fd());
+        if rc >= 0 {
+            libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        rc
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// accept() blocks until a connection is queued. A receive timeout on the listening socket

@@ -86,7 +86,11 @@ fn accept_some(
 ) -> bool {
     for _ in 0..ACCEPT_BATCH {
         match event_loop::accept(acceptor, listener, server) {
-            LoopAccepted::Conn(lc) => conns.push(lc),
+            LoopAccepted::Conn(lc) => {
+                conns.push(lc);
+                // --close-listener-after / --exit-after: close the listener now.
+                acceptor.close_listener_if_due(listener, server);
+            }
             LoopAccepted::TurnedAway => continue,
             LoopAccepted::Empty => return false,
             LoopAccepted::BackOff => return true,

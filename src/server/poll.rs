@@ -124,7 +124,7 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
                 lp.visit(ready.key, Visit::Ready(ready));
             } else if lp.accept_some(listener, &mut acceptor) {
                 listener_paused_until = Some(Instant::now() + EMFILE_BACKOFF);
-            } else {
+            } else if !acceptor.listener_closed() {
                 rearm_listener(&lp.poller, listener, server);
             }
         }
@@ -156,8 +156,10 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
     for key in lp.conns.keys() {
         lp.close(key, End::Close(note::CLOSE_STOP));
     }
-    count_ctl(server);
-    let _ = lp.poller.delete(listener);
+    if !acceptor.listener_closed() {
+        count_ctl(server);
+        let _ = lp.poller.delete(listener);
+    }
     failure
 }
 
@@ -226,6 +228,13 @@ impl Loop<'_> {
                         continue;
                     }
                     self.timers.schedule(key, lc, server); // --idle-timeout counts from now
+                                                           // --close-listener-after / --exit-after: out of the poller, then close it.
+                    if acceptor.listener_close_due(server) {
+                        count_ctl(server);
+                        let _ = self.poller.delete(listener);
+                        acceptor.close_listener_if_due(listener, server);
+                        return false;
+                    }
                 }
                 LoopAccepted::TurnedAway => continue,
                 LoopAccepted::Empty => return false,

@@ -96,6 +96,8 @@ pub fn run(
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         match spawn_child(&conn, server, report_fd) {
             Ok(child) => workers.push(Worker {
                 conn: conn.id,
@@ -344,7 +346,6 @@ fn release_kept(kept: Vec<Connection>, server: &Server) {
 /// inherited and exits.
 pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     let stream = inherited_socket(args.fd)?;
-    wait_for_the_parents_spawn_event();
     let serve = &args.serve;
     let config = Config {
         copy_held_elsewhere: serve.parent_keeps_fd,
@@ -362,6 +363,8 @@ pub fn run_child(args: &ServeChildArgs) -> Result<()> {
     // The parent announces the stop; the child just obeys it (SIGTERM from the parent, or
     // SIGINT from the terminal, which signals the whole process group).
     super::install_stop_handler(&server, false)?;
+    // After the handler: a stop that comes while we wait is then obeyed, not fatal.
+    wait_for_the_parents_spawn_event();
     let conn = Connection::new(args.conn, stream);
     let ending = echo::serve(conn, &server);
     send_report(args.report_fd, &server);

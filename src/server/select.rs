@@ -60,7 +60,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
             unsafe { libc::FD_SET(fd, set) };
             highest = highest.max(fd);
         };
-        if listener_paused_until.is_none() && lfd < FD_SETSIZE {
+        // A closed listener's number now holds /dev/null, always "readable": leave it out.
+        if listener_paused_until.is_none() && !acceptor.listener_closed() && lfd < FD_SETSIZE {
             add(&mut readable, lfd);
         }
         if watch_stdin {
@@ -205,6 +206,8 @@ fn accept_some(
                 let key = conns.insert(lc);
                 let lc = conns.get_mut(key).expect("just inserted");
                 timers.schedule(key, lc, server); // --idle-timeout counts from now
+                                                  // --close-listener-after / --exit-after: close the listener now.
+                acceptor.close_listener_if_due(listener, server);
             }
             LoopAccepted::TurnedAway => continue,
             LoopAccepted::Empty => return false,

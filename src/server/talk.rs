@@ -59,6 +59,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) -> Result<()> {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         server.out.flush();
         match server.config.mode {
             Mode::Blocking => half_duplex(conn, &mut operator, server),

@@ -49,6 +49,8 @@ pub fn run(listener: &TcpListener, server: &Arc<Server>) {
             continue;
         };
         server.opened(&conn);
+        // --close-listener-after / --exit-after: no more accepts, so close the listener now.
+        acceptor.close_listener_if_due(listener, server);
         match spawn_handler(conn, server) {
             Ok(handler) => handlers.push(handler),
             // Out of threads (EAGAIN): the connection was moved into the failed spawn and
