@@ -1,13 +1,20 @@
-//! Ping-pong benchmark: tcp-lab's poll server against a minimal tokio echo server.
+//! Ping-pong benchmark: tcp-lab's poll server, under each `--trigger`, against a minimal
+//! tokio echo server.
 //!
 //! `cargo bench --bench pingpong`               50 and 5,000 connections, each with one
 //!                                              64-byte message in flight; messages/second
+//!                                              and messages per server CPU-second, poll
+//!                                              edge / level / oneshot and tokio side by side
+//! `cargo bench --bench pingpong -- --rounds N` the same with N paired rounds (default 21)
+//! `cargo bench --bench pingpong -- --strace`   system calls per message of each server
+//!                                              (`strace -c -f`, 50 connections, a fixed
+//!                                              number of messages)
 //! `cargo bench --bench pingpong -- --c10k`     10,000 connections open at once on the poll
 //!                                              server, each served; its peak memory (VmHWM)
 //! `cargo bench --bench pingpong -- --idle`     nonblocking against poll, idle for a second:
 //!                                              loop turns, wasted tries, CPU time
 //!
-//! Both servers are separate processes: the release `tcp-lab serve --mode poll --quiet`, and
+//! The servers are separate processes: the release `tcp-lab serve --mode poll --quiet`, and
 //! this binary re-executed as a tokio current-thread server. The load generator is the same
 //! for both, and the same as `tcp-lab bench`'s: `tcp_lab::bench::load::Load`, one thread of
 //! this process in its own level-triggered poller, one read() and one write() per message. On two cores it runs on CPU 0 and the servers on CPU 1; the
@@ -29,7 +36,9 @@ const SIZE: usize = 64;
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const WARMUP: Duration = Duration::from_millis(300);
 const MEASURE: Duration = Duration::from_secs(1);
-const ROUNDS: usize = 11;
+const ROUNDS: usize = 21;
+/// Messages per server for `--strace`.
+const STRACE_MESSAGES: u64 = 100_000;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,10 +50,14 @@ fn main() {
         c10k(10_000);
     } else if args.iter().any(|a| a == "--idle") {
         idle();
-    } else if let Some(n) = value_of(&args, "--conns") {
-        pingpong(&[n]);
+    } else if args.iter().any(|a| a == "--strace") {
+        syscalls(50, STRACE_MESSAGES);
     } else {
-        pingpong(&[50, 5_000]);
+        let rounds = value_of(&args, "--rounds").unwrap_or(ROUNDS).max(1);
+        match value_of(&args, "--conns") {
+            Some(n) => pingpong(&[n], rounds),
+            None => pingpong(&[50, 5_000], rounds),
+        }
     }
 }
 
@@ -54,71 +67,93 @@ fn value_of(args: &[String], name: &str) -> Option<usize> {
     args.get(i + 1)?.parse().ok()
 }
 
+/// The servers compared: the poll server under each trigger, and tokio (the yardstick, last).
+const SERVERS: [&str; 4] = ["edge", "level", "oneshot", "tokio"];
+const TOKIO: usize = 3;
+
 /// Messages/second for each server and size, and messages per second of the server's own
 /// CPU time (its cost per message). The machine's speed drifts from one second to the next
-/// (it is a shared VM), so the servers are compared in *pairs* of runs back to back, the order
-/// swapped every round, and the ratio is the median of the ROUNDS pairs' ratios; the
-/// spread of those ratios is printed beside it.
-fn pingpong(sizes: &[usize]) {
+/// (it is a shared VM), so the servers are compared in *rounds*: each round runs every
+/// server once, back to back, in an order that rotates from round to round, and each poll
+/// server's ratio to tokio is taken *within* the round. The figure is the median of the
+/// rounds' ratios; the lowest and highest and the middle half (quartiles) are printed beside it.
+fn pingpong(sizes: &[usize], rounds: usize) {
     let pinned = pin_generator();
-    let mut poll = Server::start("poll", poll_command());
-    let mut tokio = Server::start("tokio", tokio_command());
+    let mut servers: Vec<Server> = SERVERS
+        .iter()
+        .map(|&name| match name {
+            "tokio" => Server::start(name, tokio_command()),
+            trigger => Server::start(name, poll_command(trigger)),
+        })
+        .collect();
     if pinned {
-        pin_server(&poll);
-        pin_server(&tokio);
+        servers.iter().for_each(pin_server);
     }
     println!(
-        "ping-pong, 64-byte messages, one in flight per connection; {ROUNDS} pairs of {MEASURE:?} runs{}",
+        "ping-pong, 64-byte messages, one in flight per connection; {rounds} rounds of {MEASURE:?} runs{}",
         if pinned { "; generator on CPU 0, servers on CPU 1" } else { "" }
     );
     for &conns in sizes {
-        let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
-        for round in 0..ROUNDS {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
-                let server = if i == 0 { &mut poll } else { &mut tokio };
-                runs[i].push(measure(server, conns));
+        let mut runs: Vec<Vec<Run>> = SERVERS.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for i in 0..SERVERS.len() {
+                let server = (round + i) % SERVERS.len();
+                runs[server].push(measure(&mut servers[server], conns));
             }
         }
-        // Each pair's poll/tokio ratio, lowest first.
-        let pair_ratio = |f: fn(&Run) -> f64| -> Vec<f64> {
-            let ratios = runs[0].iter().zip(&runs[1]).map(|(p, t)| f(p) / f(t));
-            sorted(ratios.collect())
-        };
-        let rate_ratios = pair_ratio(|r| r.rate);
-        let cost_ratios = pair_ratio(|r| r.per_cpu());
-        println!("{conns:>6} connections   msg/s  server CPU  msg per server CPU-second  load generator CPU");
-        for (name, runs) in [("poll", &runs[0]), ("tokio", &runs[1])] {
+        println!(
+            "{conns:>6} connections  msg/s     server CPU  msg per server CPU-second  \
+load generator CPU   /tokio in msg/s [lowest, quartiles, highest]   /tokio per CPU-second"
+        );
+        for (i, name) in SERVERS.iter().enumerate() {
+            let label = match *name {
+                "tokio" => "tokio".to_string(),
+                trigger => format!("poll {trigger}"),
+            };
+            let vs_tokio = |f: fn(&Run) -> f64| match i {
+                TOKIO => String::new(),
+                _ => spread(runs[i].iter().zip(&runs[TOKIO]).map(|(p, t)| f(p) / f(t))),
+            };
             println!(
-                "  {name:<10} {:>9.0}      {:>4.0} %  {:>9.0}                  {:>4.0} %",
-                median(runs.iter().map(|r| r.rate).collect()),
-                median(runs.iter().map(|r| r.server_cpu).collect()) * 100.0,
-                median(runs.iter().map(Run::per_cpu).collect()),
-                median(runs.iter().map(|r| r.load_cpu).collect()) * 100.0,
+                "  {label:<12} {:>9.0}  {:>5.0} %    {:>9.0}                   {:>4.0} %        {:<40}  {}",
+                median(runs[i].iter().map(|r| r.rate).collect()),
+                median(runs[i].iter().map(|r| r.server_cpu).collect()) * 100.0,
+                median(runs[i].iter().map(Run::per_cpu).collect()),
+                median(runs[i].iter().map(|r| r.load_cpu).collect()) * 100.0,
+                vs_tokio(|r| r.rate),
+                vs_tokio(Run::per_cpu),
             );
         }
-        println!(
-            "  poll/tokio   {:>9.2}             {:>9.2}      (median of the {ROUNDS} pairs' ratios)",
-            rate_ratios[ROUNDS / 2],
-            cost_ratios[ROUNDS / 2],
-        );
-        println!(
-            "  pairs        {:.2}–{:.2}             {:.2}–{:.2}  (lowest–highest)",
-            rate_ratios[0],
-            rate_ratios[ROUNDS - 1],
-            cost_ratios[0],
-            cost_ratios[ROUNDS - 1],
-        );
     }
-    for server in [&poll, &tokio] {
+    let tokio_hwm = status_kb(servers[TOKIO].child.id(), "VmHWM");
+    for server in &servers {
+        let hwm = status_kb(server.child.id(), "VmHWM");
         println!(
-            "{:>5} peak memory (VmHWM): {} kB",
+            "{:>8} peak memory (VmHWM): {hwm:>6} kB  ({:.2} of tokio's)",
             server.name,
-            status_kb(server.child.id(), "VmHWM")
+            hwm as f64 / tokio_hwm.max(1) as f64
         );
     }
-    println!("poll summary: {}", poll.stop());
-    tokio.stop();
+    for server in &mut servers {
+        let summary = server.stop();
+        if server.name != "tokio" {
+            println!("poll {} summary: {summary}", server.name);
+        }
+    }
+}
+
+/// `median (lowest, first quartile–third quartile, highest)` of the ratios.
+fn spread(ratios: impl Iterator<Item = f64>) -> String {
+    let r = sorted(ratios.collect());
+    let at = |q: f64| r[((r.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{:.3} [{:.2}, {:.2}–{:.2}, {:.2}]",
+        at(0.5),
+        r[0],
+        at(0.25),
+        at(0.75),
+        r[r.len() - 1]
+    )
 }
 
 /// One run's figures.
@@ -203,10 +238,82 @@ fn median(values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// System calls per message of each server: the server runs under `strace -c -f` (every
+/// call of every thread counted), `conns` connections exchange at least `messages`
+/// messages, the server is stopped, and strace's table is divided by the messages echoed.
+/// Setting up and closing the connections is counted too: with 50 connections it is a few
+/// hundred calls out of hundreds of thousands.
+fn syscalls(conns: usize, messages: u64) {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("strace is not installed (apt-get install strace): no system-call counts");
+        return;
+    }
+    println!(
+        "system calls per message, {conns} connections, at least {messages} messages each \
+(strace -c -f; the servers run slower traced, the counts are what matters)"
+    );
+    for name in SERVERS {
+        let table = std::env::temp_dir().join(format!("tcp-lab-strace-{name}.txt"));
+        let server = match name {
+            "tokio" => tokio_command(),
+            trigger => poll_command(trigger),
+        };
+        let mut cmd = Command::new("strace");
+        cmd.args(["-c", "-f", "-o"]).arg(&table).arg("--");
+        cmd.arg(server.get_program()).args(server.get_args());
+        let mut traced = Server::start(name, cmd);
+        let mut load = connect(traced.port, conns);
+        let mut echoed = 0;
+        while echoed < messages {
+            echoed += run_for(&mut load, Duration::from_millis(50));
+        }
+        // The messages still in flight come back too (one per connection): all are counted.
+        load.drain(Instant::now() + Duration::from_secs(10))
+            .expect("the load generator");
+        load.close(Close::Orderly);
+        let echoed = echoed + conns as u64;
+        let summary = traced.stop_traced();
+        let text = std::fs::read_to_string(&table).unwrap_or_default();
+        let mut calls = strace_calls(&text);
+        calls.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let total: u64 = calls.iter().map(|(_, n)| n).sum();
+        let label = match name {
+            "tokio" => "tokio".to_string(),
+            trigger => format!("poll {trigger}"),
+        };
+        println!(
+            "  {label:<12} {:.3} per message ({total} calls, {echoed} messages)",
+            total as f64 / echoed as f64
+        );
+        let per_message: Vec<String> = calls
+            .iter()
+            .filter(|(_, n)| *n as f64 / echoed as f64 >= 0.0005)
+            .map(|(call, n)| format!("{call} {:.3}", *n as f64 / echoed as f64))
+            .collect();
+        println!("               {}", per_message.join(", "));
+        if name != "tokio" {
+            println!("               summary: {summary}");
+        }
+    }
+}
+
+/// (system call, calls) from the table `strace -c` writes.
+fn strace_calls(table: &str) -> Vec<(String, u64)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let call = *fields.last()?;
+            let count = fields.get(3)?.parse().ok()?;
+            (fields.len() >= 5 && call != "total").then(|| (call.to_string(), count))
+        })
+        .collect()
+}
+
 /// N connections open at once on the poll server, each one served (one echo), then the
 /// server's peak resident memory.
 fn c10k(conns: usize) {
-    let mut poll = Server::start("poll", poll_command());
+    let mut poll = Server::start("poll", poll_command("edge"));
     let started = Instant::now();
     let mut load = connect(poll.port, conns);
     let connected = started.elapsed();
@@ -252,18 +359,11 @@ fn idle() {
     }
 }
 
-fn poll_command() -> Command {
+/// `tcp-lab serve --mode poll --trigger TRIGGER --quiet`, as a command.
+fn poll_command(trigger: &str) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--mode",
-        "poll",
-        "--port",
-        "0",
-        "--quiet",
-        "--backlog",
-        "1024",
-    ]);
+    cmd.args(["serve", "--mode", "poll", "--trigger", trigger]);
+    cmd.args(["--port", "0", "--quiet", "--backlog", "1024"]);
     cmd
 }
 
@@ -320,6 +420,13 @@ impl Server {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
+        self.last_stats()
+    }
+}
+
+impl Server {
+    /// The server's last line once it has exited: tcp-lab's summary stats.
+    fn last_stats(&mut self) -> String {
         let last = self
             .reader
             .take()
@@ -329,6 +436,24 @@ impl Server {
             Ok(event) => event["stats"].to_string(),
             Err(_) => last.trim().to_string(),
         }
+    }
+
+    /// For a server started under strace: SIGTERM to the server itself (strace's child), so
+    /// that strace writes its table when the server exits; then the server's last line.
+    fn stop_traced(&mut self) -> String {
+        let strace = self.child.id();
+        let children = format!("/proc/{strace}/task/{strace}/children");
+        let server = std::fs::read_to_string(children).unwrap_or_default();
+        if let Some(pid) = server
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            // SAFETY: kill(2) on our own grandchild, the traced server.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+        self.last_stats()
     }
 }
 

@@ -101,6 +101,31 @@ impl Mode {
     }
 }
 
+/// How the poll server asks epoll (kqueue) for readiness: `serve --mode poll --trigger …`.
+/// Lesson 5 compares them; the summary's `epoll_ctl` count shows what each costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Trigger {
+    /// Registered once for reading and writing; the kernel reports a *change* (new bytes,
+    /// room freed), so the server reads until EAGAIN. No epoll_ctl per message.
+    Edge,
+    /// Reported for as long as the socket is ready; the interest changes (epoll_ctl) only
+    /// when the server starts or stops waiting to write, or pauses reading.
+    Level,
+    /// Reported once, then disarmed: re-armed with epoll_ctl(MOD) after every event, so one
+    /// epoll_ctl per message.
+    Oneshot,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Edge => "edge",
+            Trigger::Level => "level",
+            Trigger::Oneshot => "oneshot",
+        }
+    }
+}
+
 /// What the server does with the bytes it reads (`--mode` still chooses how it waits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum App {
@@ -155,6 +180,10 @@ pub struct ServeArgs {
     pub max_line: u32,
     #[command(flatten)]
     pub addr: AddrArgs,
+    /// `--mode poll` only: how readiness is asked for (edge-, level-triggered or oneshot).
+    /// Default: edge.
+    #[arg(long, value_enum)]
+    pub trigger: Option<Trigger>,
     /// The listen backlog: how many finished handshakes the kernel queues before accept().
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(i32).range(1..=65535))]
     pub backlog: i32,
@@ -398,6 +427,22 @@ pub struct ServeChildArgs {
     pub report_fd: Option<i32>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// A combination of options clap's derive cannot refuse by itself, said as a usage error.
+    pub fn misuse(&self) -> Option<String> {
+        match &self.command {
+            Command::Serve(args) if args.trigger.is_some() && args.mode != Mode::Poll => {
+                Some(format!(
+                    "--trigger is for --mode poll: the {} server registers no interest with a \
+poller, so there is nothing to trigger",
+                    args.mode.name()
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl AddrArgs {

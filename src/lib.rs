@@ -68,7 +68,13 @@ pub fn command() -> clap::Command {
 /// Parse the process's arguments against [`command`]; a usage error exits 2, as clap's do.
 pub fn parse_args() -> Cli {
     let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(why) = cli.misuse() {
+        command()
+            .error(clap::error::ErrorKind::ArgumentConflict, why)
+            .exit();
+    }
+    cli
 }
 
 /// The scenario names, each with its one-line description, for help and completions.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 in_modes!(
-    [nonblocking, select, poll]
+    [nonblocking, select, poll, poll_level, poll_oneshot]
     a_peer_that_floods_and_never_reads_leaves_memory_bounded,
     an_idle_connection_times_out_with_a_fin,
     delay_is_a_timer_so_delayed_echoes_overlap,
@@ -168,12 +168,17 @@ fn the_summary_shows_the_cost_of_the_loop(mode: &str) {
     }
 }
 
+in_modes!(
+    [poll, poll_level, poll_oneshot]
+    poll_a_reset_during_a_delay_does_not_wake_the_loop,
+);
+
 /// A peer resets its connection while its echo is delayed. The poll loop has nothing to wait
-/// for on that socket meanwhile, so it leaves it disarmed: the hang-up must not wake the
-/// loop again and again until the timer fires.
-#[test]
-fn poll_a_reset_during_a_delay_does_not_wake_the_loop() {
-    let (mut server, port) = server("poll", &["--delay", "1000"]);
+/// for on that socket meanwhile (oneshot leaves it disarmed, level takes it out of the
+/// poller, edge hears the RST once): the hang-up must not wake the loop again and again
+/// until the timer fires.
+fn poll_a_reset_during_a_delay_does_not_wake_the_loop(mode: &str) {
+    let (mut server, port) = server(mode, &["--delay", "1000"]);
     let mut peer = raw_peer(port);
     peer.write_all(b"x").unwrap();
     server.expect_conn("recv", 1);

@@ -13,15 +13,17 @@ use common::*;
 
 // The models that serve several connections at once.
 in_modes!(
-    [threaded, process, nonblocking, select, poll]
+    [threaded, process, nonblocking, select, poll, poll_level, poll_oneshot]
     max_conns_turns_newcomers_away_politely,
     delay_holds_up_only_its_own_connection
 );
 
 in_modes!(
-    [blocking, threaded, process, nonblocking, select, poll]
+    [blocking, threaded, process, nonblocking, select, poll, poll_level, poll_oneshot]
     twenty_concurrent_clients_each_get_five_exact_echoes,
     a_16_mib_payload_is_echoed_byte_exact,
+    a_megabyte_sent_in_one_burst_is_echoed_whole,
+    bytes_and_fin_that_arrive_together_are_echoed_then_closed,
     only_blocking_makes_a_second_client_wait,
     ctrl_c_with_clients_connected_ends_within_a_second_and_clients_see_eof,
     crash_after_makes_the_kernel_send_a_fin,
@@ -76,6 +78,44 @@ fn a_16_mib_payload_is_echoed_byte_exact(mode: &str) {
     sender.join().unwrap();
     assert_eq!(echoed.len(), payload.len());
     assert!(echoed == payload, "the echo differs from what was sent");
+}
+
+/// A peer writes 1 MiB in one write_all() and then neither writes again nor closes: after
+/// the burst no FIN or later byte will wake the server. An edge-triggered server that read
+/// only part of what was there (its read budget, or a pause for backpressure while the echo
+/// piled up) and then waited for a new edge would hang; it must come back by itself.
+fn a_megabyte_sent_in_one_burst_is_echoed_whole(mode: &str) {
+    let (_server, port) = server(mode, &["--quiet"]);
+    let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut peer = raw_peer(port);
+    let mut writer = peer.try_clone().unwrap();
+    let to_send = payload.clone();
+    // The write may block until the server reads; it is on its own thread so that we can
+    // read the echo meanwhile (else both sides' buffers fill and both wait).
+    let sender = thread::spawn(move || writer.write_all(&to_send).unwrap());
+    let echoed = read_exactly(&mut peer, payload.len());
+    sender.join().unwrap();
+    assert!(echoed == payload, "the echo differs from what was sent");
+}
+
+/// The peer's bytes and its FIN are already queued together when the server first looks at
+/// the socket (it was stopped meanwhile). The read that returns the bytes is shorter than
+/// the buffer, and the FIN behind them brings no later wake-up: an edge-triggered server
+/// that took the short read for "drained" would never read the EOF, and never close.
+fn bytes_and_fin_that_arrive_together_are_echoed_then_closed(mode: &str) {
+    let (mut server, port) = server(mode, &[]);
+    let mut peer = {
+        let _paused = Paused::new(server.child.id());
+        let mut peer = raw_peer(port);
+        peer.write_all(b"last words").unwrap();
+        peer.shutdown(Shutdown::Write).unwrap(); // our FIN, right behind the bytes
+        peer
+    };
+    let mut echoed = Vec::new();
+    peer.read_to_end(&mut echoed)
+        .expect("the echo, then the server's FIN");
+    assert_eq!(echoed, b"last words");
+    server.expect_conn("eof", 1);
 }
 
 fn only_blocking_makes_a_second_client_wait(mode: &str) {
@@ -246,7 +286,7 @@ fn time_wait_blocks_a_rebind_only_without_reuseaddr(mode: &str) {
     assert!(first.wait_exit().success());
 
     let port = port.to_string();
-    let serve = ["serve", "--mode", mode, "--port", port.as_str()];
+    let serve = [&["serve"], &mode_args(mode)[..], &["--port", port.as_str()]].concat();
     let mut refused = Proc::spawn(&[&serve[..], &["--no-reuseaddr"]].concat());
     assert_eq!(refused.wait_exit().code(), Some(1));
     let why = refused.stderr_text();
@@ -350,7 +390,7 @@ fn delay_holds_up_only_its_own_connection(mode: &str) {
 fn out_of_descriptors_is_reported_once_survived_and_served_again(mode: &str) {
     let (mut server, port) = server_with_fd_limit(mode, 64, &["--quiet"]);
     let peers: Vec<TcpStream> = (0..100).map(|_| raw_peer(port)).collect();
-    let runs_out = matches!(mode, "threaded" | "nonblocking" | "select" | "poll");
+    let runs_out = matches!(model(mode), "threaded" | "nonblocking" | "select" | "poll");
     if runs_out {
         assert_eq!(server.expect("error")["errno"], "EMFILE");
     } else if mode == "process" {

@@ -73,6 +73,16 @@ pub struct LoopConn {
     ending: Option<End>,
     /// The deadline this connection has in [`Timers`], if any (poll mode).
     scheduled: Option<Instant>,
+    /// Poll mode: what the kernel last reported and no call has contradicted since. An
+    /// edge-triggered poller reports a change only once, so the loop must remember it;
+    /// a read that drains the socket (or a write that fills it) clears it.
+    pub readable: bool,
+    pub writable: bool,
+    /// Poll mode: the interest the poller holds for this socket, (read, write); None: the
+    /// socket is not in the poller.
+    pub interest: Option<(bool, bool)>,
+    /// Poll mode: already in the loop's list of connections to visit again next turn.
+    pub revisit: bool,
 }
 
 impl LoopConn {
@@ -87,6 +97,10 @@ impl LoopConn {
             last_progress: Instant::now(),
             ending: None,
             scheduled: None,
+            readable: false,
+            writable: false,
+            interest: None,
+            revisit: false,
         }
     }
 
@@ -118,14 +132,16 @@ impl LoopConn {
     }
 
     /// One read(): whatever arrived is a message, echoed (or held for `--delay`).
-    pub fn read(&mut self, buf: &mut [u8], server: &Server) -> Step {
+    /// Ok(true): bytes came (or a signal interrupted the call), so more may be waiting;
+    /// Ok(false): the socket is drained for now (EAGAIN, or the peer's FIN).
+    pub fn read(&mut self, buf: &mut [u8], server: &Server) -> Result<bool, End> {
         let n = match outcome::classify_read((&self.conn.stream).read(buf)) {
             ReadOutcome::Data(n) => n,
             // The peer's FIN: nothing more will come. Echo what is queued, then close.
             ReadOutcome::Eof => {
                 server.out.emit(self.conn.event(Kind::Eof).note(note::EOF));
                 self.ending = Some(End::Close(note::CLOSE_AFTER_EOF));
-                return self.settle();
+                return self.settle().map(|()| false);
             }
             ReadOutcome::Reset => {
                 echo::report_reset(&self.conn, server, "read()");
@@ -134,17 +150,20 @@ impl LoopConn {
             // Nothing there (EAGAIN): the cost of asking. Counted, never printed per call.
             ReadOutcome::WouldBlock => {
                 Stats::add(&server.stats.wouldblock, 1);
-                return Ok(());
+                return Ok(false);
             }
             // A signal interrupted read(); nothing happened to the socket.
-            ReadOutcome::Interrupted => return Ok(()),
+            ReadOutcome::Interrupted => return Ok(true),
             ReadOutcome::Failed(e) => {
                 echo::report_error(&self.conn, server, "read()", &e);
                 return Err(End::Dead);
             }
         };
         let message = &buf[..n];
-        self.last_progress = Instant::now();
+        // The clock only when a deadline needs it: read once per message, it costs.
+        if server.config.delay.is_some() || server.config.idle_timeout.is_some() {
+            self.last_progress = Instant::now();
+        }
         self.messages += 1;
         Stats::add(&server.stats.messages, 1);
         if server.out.wants_data() {
@@ -159,7 +178,7 @@ impl LoopConn {
         }
         let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
-            return self.settle();
+            return self.settle().map(|()| true);
         }
         if let Some(delay) = server.config.delay {
             // The handler "works" before answering: a timer, not a sleep, so the loop goes
@@ -167,7 +186,7 @@ impl LoopConn {
             self.queue(answer);
             self.held = answer.len();
             self.due = Some(self.last_progress + delay);
-            return Ok(());
+            return Ok(true);
         }
         // Straight from the read buffer when nothing is queued before it: no copy.
         let written = match self.pending.is_empty() {
@@ -175,7 +194,7 @@ impl LoopConn {
             false => 0,
         };
         self.queue(&answer[written..]);
-        self.answered(server)
+        self.answered(server).map(|()| true)
     }
 
     /// The socket is writable (or may be): write what is queued, and end if that was all.
@@ -312,6 +331,9 @@ pub fn finish(lc: LoopConn, end: End, server: &Server) {
 }
 
 /// What one accept() gave the loop.
+// A LoopConn is moved from here straight into [`Slots`]; boxing it to keep this enum small
+// would cost an allocation per connection and buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum LoopAccepted {
     /// A connection to serve, already non-blocking.
     Conn(LoopConn),

@@ -248,9 +248,27 @@ fn pipe_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
+/// The `serve` options that choose MODE: `--mode MODE`, or for `poll_TRIGGER`
+/// `--mode poll --trigger TRIGGER` (the one-body-per-mode lists run `poll_level` and
+/// `poll_oneshot` beside `poll`, whose default trigger is edge; a test's name cannot hold
+/// a dash).
+pub fn mode_args(mode: &str) -> Vec<&str> {
+    match mode.split_once('_') {
+        Some(("poll", trigger)) => vec!["--mode", "poll", "--trigger", trigger],
+        _ => vec!["--mode", mode],
+    }
+}
+
+/// The concurrency model MODE runs: `poll_level` is `poll`.
+pub fn model(mode: &str) -> &str {
+    mode.split('_').next().unwrap_or(mode)
+}
+
 /// Start `tcp-lab serve --mode MODE --port 0 EXTRA…` and wait for its `listen` event.
 pub fn server(mode: &str, extra: &[&str]) -> (Proc, u16) {
-    let mut args = vec!["serve", "--mode", mode, "--port", "0"];
+    let mut args = vec!["serve"];
+    args.extend(mode_args(mode));
+    args.extend_from_slice(&["--port", "0"]);
     args.extend_from_slice(extra);
     let mut server = Proc::spawn(&args);
     let listen = server.expect("listen");
@@ -319,7 +337,8 @@ pub fn raise_open_files_limit() {
 pub fn server_with_fd_limit(mode: &str, limit: u64, extra: &[&str]) -> (Proc, u16) {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--mode", mode, "--port", "0", "--format", "json"]);
+    cmd.arg("serve").args(mode_args(mode));
+    cmd.args(["--port", "0", "--format", "json"]);
     cmd.args(extra);
     // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
     unsafe {
