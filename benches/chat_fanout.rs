@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use polling::{Event, Events, Poller};
 
+mod common;
+use common::{cpu_seconds, raise_nofile_limit, status_kb};
+
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 const LINES: usize = 2_000;
 const WINDOW: usize = 8;
@@ -100,8 +103,8 @@ fn run(mode: &str, users: usize) -> Result {
         secs,
         cpu_s: cpu_seconds(pid) - cpu_before,
         generator_cpu_s: cpu_seconds(std::process::id()) - own_before,
-        peak_rss_kb: status_field(pid, "VmHWM"),
-        threads: status_field(pid, "Threads"),
+        peak_rss_kb: status_kb(pid, "VmHWM"),
+        threads: status_kb(pid, "Threads"),
     };
     drop(room);
     let _ = server.kill();
@@ -232,39 +235,4 @@ fn port_of(server: &mut Child) -> u16 {
         .collect::<String>()
         .parse()
         .unwrap()
-}
-
-fn status_field(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

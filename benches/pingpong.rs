@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use tcp_lab::bench::load::{Close, Load};
 
+mod common;
+use common::{cpu_seconds, raise_nofile_limit, status_kb};
+
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-lab");
 /// Bytes per message.
 const SIZE: usize = 64;
@@ -524,41 +527,4 @@ mod tokio_server {
             }
         });
     }
-}
-
-/// Many connections need many descriptors: raise the soft limit to the hard one (the
-/// servers, our children, inherit it).
-fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write or read the struct we pass.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
-/// A field of /proc/PID/status (kB, or a count).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// User plus system CPU time of a process, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use super::{conn, is, port_of, ts, Lab, PortInUse, CLIENT, SERVER};
+use super::{conn, is, port_of, ts, Lab, PortInUse, ProcId, CLIENT, SERVER};
 use crate::event::{Event, Kind, Role};
 use crate::server::Connection;
 use crate::{note, tcp_state};
@@ -384,23 +384,7 @@ fn nonblocking_spin(lab: &mut Lab) -> Result<String> {
 pub(super) const MANY: usize = 1000;
 
 fn poll_many(lab: &mut Lab) -> Result<String> {
-    raise_fd_limit((MANY * 2 + 100) as libc::rlim_t)?;
-    let (server, port) = lab.serve(&["--mode", "poll", "--quiet", "--backlog", "2048"])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut clients = Vec::with_capacity(MANY);
-    for _ in 0..MANY {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .context("a client could not connect")?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        lab.emit(
-            Role::Client,
-            client_event(&stream, Kind::Connect).note(note::CONNECT),
-        );
-        clients.push(stream);
-    }
-    lab.wait_many("the server to accept every client", MANY, |e| {
-        is(e, SERVER, "accept")
-    })?;
+    let (server, mut clients) = serve_many(lab, "poll", MANY)?;
     for (i, stream) in clients.iter_mut().enumerate() {
         let message = format!("hello from {}\n", i + 1);
         stream.write_all(message.as_bytes())?;
@@ -435,6 +419,29 @@ fn poll_many(lab: &mut Lab) -> Result<String> {
     Ok(format!(
         "{MANY} clients were connected at once and each got its echo from one event-loop thread{threads}"
     ))
+}
+
+/// A quiet server in `mode` with `n` clients connected and accepted: the demo's sockets and
+/// the server's (which inherits the limit) both need `n` descriptors and some.
+fn serve_many(lab: &mut Lab, mode: &str, n: usize) -> Result<(ProcId, Vec<TcpStream>)> {
+    raise_fd_limit((n * 2 + 100) as libc::rlim_t)?;
+    let (server, port) = lab.serve(&["--mode", mode, "--quiet", "--backlog", "2048"])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .context("a client could not connect")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        lab.emit(
+            Role::Client,
+            client_event(&stream, Kind::Connect).note(note::CONNECT),
+        );
+        clients.push(stream);
+    }
+    lab.wait_many("the server to accept every client", n, |e| {
+        is(e, SERVER, "accept")
+    })?;
+    Ok((server, clients))
 }
 
 /// An event about a socket the demo holds as a client.
@@ -1132,24 +1139,7 @@ const PAST_THE_WALL: usize = 1100;
 /// Seed 001's "at most 1024": the select server's descriptors climb past FD_SETSIZE; each
 /// connection that lands there is accepted, told why, and closed; the others are served.
 fn select_limit(lab: &mut Lab) -> Result<String> {
-    // The demo's sockets and the server's (which inherits the limit): both need 1,100+.
-    raise_fd_limit((PAST_THE_WALL * 2 + 100) as libc::rlim_t)?;
-    let (server, port) = lab.serve(&["--mode", "select", "--quiet", "--backlog", "2048"])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut clients = Vec::with_capacity(PAST_THE_WALL);
-    for _ in 0..PAST_THE_WALL {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .context("a client could not connect")?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        lab.emit(
-            Role::Client,
-            client_event(&stream, Kind::Connect).note(note::CONNECT),
-        );
-        clients.push(stream);
-    }
-    lab.wait_many("the server to accept every client", PAST_THE_WALL, |e| {
-        is(e, SERVER, "accept")
-    })?;
+    let (server, mut clients) = serve_many(lab, "select", PAST_THE_WALL)?;
     // The clients were accepted in the order they connected, and the last one is surely past
     // the wall: once its `limit` has come, every other `limit` has come before it.
     let last = clients.last().context("no client")?.local_addr()?.port();
