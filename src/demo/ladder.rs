@@ -400,11 +400,8 @@ pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
                 packet = Some((Packet::Fin, side));
             }
             Kind::Close if note == note::CLOSE_SHARED => packet = Some((Packet::Nothing, side)),
-            Kind::Close if note == note::CLOSE_UNREAD => {
-                (d.rst[me], d.gone[me]) = (true, true);
-                packet = Some((Packet::Rst, side));
-            }
-            Kind::Abort => {
+            // An RST went out: SO_LINGER 0, or a close with bytes left unread.
+            _ if sends_rst(kind, note, e) => {
                 (d.rst[me], d.gone[me]) = (true, true);
                 packet = Some((Packet::Rst, side));
             }
@@ -412,15 +409,6 @@ pub fn render(events: &[Value], explain: bool, arrows: Arrows) -> String {
             Kind::Timeout if side == Side::Client => {}
             // The listening socket: nothing crosses the wire until a newcomer's SYN.
             Kind::Close if is_listener_close(note) => {}
-            // A close that left bytes unread (the event's `unread`): the kernel sent an RST.
-            Kind::Timeout | Kind::Limit | Kind::Exit if e["unread"].is_u64() => {
-                (d.rst[me], d.gone[me]) = (true, true);
-                packet = Some((Packet::Rst, side));
-            }
-            Kind::Close if note == note::CLOSE_CTRL_C_UNREAD => {
-                (d.rst[me], d.gone[me]) = (true, true);
-                packet = Some((Packet::Rst, side));
-            }
             Kind::Close | Kind::Timeout | Kind::Limit => {
                 d.gone[me] = true;
                 if !d.fin[me] && !d.rst[me] {
@@ -668,6 +656,17 @@ fn call(e: &Value, kind: Kind, many: bool) -> Vec<Piece> {
     pieces
 }
 
+/// Did this event's call make the kernel send an RST? An abort (SO_LINGER 0) always; a close
+/// when it left bytes unread, as its note or its `unread` field says.
+fn sends_rst(kind: Kind, note: &str, e: &Value) -> bool {
+    match kind {
+        Kind::Abort => true,
+        Kind::Close => note == note::CLOSE_UNREAD || note == note::CLOSE_CTRL_C_UNREAD,
+        Kind::Timeout | Kind::Limit | Kind::Exit => e["unread"].is_u64(),
+        _ => false,
+    }
+}
+
 /// The close of a listening socket (`--close-listener-after`, `--exit-after`).
 fn is_listener_close(note: &str) -> bool {
     note == note::CLOSE_LISTENER || note == note::CLOSE_LISTENER_EXIT
@@ -754,6 +753,15 @@ mod tests {
         assert!(text.contains("… 3 more connections"), "{text}");
     }
 
+    /// The arrows drawn between the two columns, top to bottom.
+    fn arrows_of(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.split('│').nth(1))
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect()
+    }
+
     #[test]
     fn arrows_point_from_the_side_that_sent() {
         let events = vec![
@@ -763,12 +771,7 @@ mod tests {
             json!({"ts": 0.4, "role": "client", "kind": "eof", "local": "c"}),
         ];
         let text = render(&events, false, Arrows::Inferred);
-        let arrows: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split('│').nth(1))
-            .map(str::trim)
-            .filter(|w| !w.is_empty())
-            .collect();
+        let arrows = arrows_of(&text);
         assert_eq!(
             arrows,
             [
@@ -801,12 +804,7 @@ mod tests {
             packet(0.3, "RST", s, c, 1, 0),
         ];
         let text = render(&events, false, Arrows::Captured);
-        let arrows: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split('│').nth(1))
-            .map(str::trim)
-            .filter(|w| !w.is_empty())
-            .collect();
+        let arrows = arrows_of(&text);
         assert_eq!(
             arrows,
             [
