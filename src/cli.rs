@@ -84,7 +84,7 @@ pub enum Mode {
     Nonblocking,
     /// One thread sleeping in select(2) over an fd_set rebuilt every turn.
     Select,
-    /// One thread sleeping in epoll/kqueue until a socket is ready.
+    /// One thread sleeping in epoll until a socket is ready (Linux).
     Poll,
 }
 
@@ -101,12 +101,13 @@ impl Mode {
     }
 }
 
-/// How the poll server asks epoll (kqueue) for readiness: `serve --mode poll --trigger …`.
+/// How the poll server asks epoll for readiness: `serve --mode poll --trigger …`.
 /// Lesson 5 compares them; the summary's `epoll_ctl` count shows what each costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Trigger {
     /// Registered once for reading and writing; the kernel reports a *change* (new bytes,
-    /// room freed), so the server reads until EAGAIN. No epoll_ctl per message.
+    /// room freed, the peer's FIN), so the server reads until the socket is drained (a short
+    /// read, EAGAIN or the FIN). No epoll_ctl per message.
     Edge,
     /// Reported for as long as the socket is ready; the interest changes (epoll_ctl) only
     /// when the server starts or stops waiting to write, or pauses reading.

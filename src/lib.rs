@@ -10,7 +10,7 @@
 //! | [`server::echo`] | one connection's life: read, echo, and every way it ends | 01, 06, 07 |
 //! | [`server::nonblocking`] | one thread asking every socket: EAGAIN, and a core burnt on it | 04 |
 //! | [`server::select`] | one thread in select(2): the fd_set rebuilt each turn, the scan, the FD_SETSIZE wall | 05 |
-//! | [`server::poll`] | one thread sleeping in epoll/kqueue; oneshot re-arm; backpressure | 05, 11 |
+//! | [`server::poll`] | one thread sleeping in epoll; edge, level and oneshot triggers; backpressure | 05, 11 |
 //! | [`chat`] | rooms and protocol with no sockets: lines in, messages out; framing lines over a byte stream | 12 |
 //! | [`server::chat_threaded`] | the chat in threads: rooms behind a lock, a bounded queue per member | 12 |
 //! | [`server::chat_poll`] | the chat in one loop: no lock, one thread owns everything | 12 |

@@ -56,6 +56,17 @@ pub enum End {
 /// The result of a step: go on, or end the connection.
 pub type Step = Result<(), End>;
 
+/// What one read() found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// This many bytes (at least one) came, and were echoed or queued.
+    Bytes(usize),
+    /// Nothing, and nothing lost: a signal interrupted the call. More may be waiting.
+    Interrupted,
+    /// Nothing left for now: EAGAIN, or the peer's FIN (reported, and the end decided).
+    Drained,
+}
+
 /// One connection of an event loop, and everything it needs between two turns.
 pub struct LoopConn {
     pub conn: Connection,
@@ -81,6 +92,9 @@ pub struct LoopConn {
     /// Poll mode: the interest the poller holds for this socket, (read, write); None: the
     /// socket is not in the poller.
     pub interest: Option<(bool, bool)>,
+    /// Poll mode, edge-triggered: the kernel reported EPOLLRDHUP, the peer's FIN. It may
+    /// wait behind bytes not read yet, so a short read no longer means "drained".
+    pub peer_closed: bool,
     /// Poll mode: already in the loop's list of connections to visit again next turn.
     pub revisit: bool,
 }
@@ -100,6 +114,7 @@ impl LoopConn {
             readable: false,
             writable: false,
             interest: None,
+            peer_closed: false,
             revisit: false,
         }
     }
@@ -132,16 +147,14 @@ impl LoopConn {
     }
 
     /// One read(): whatever arrived is a message, echoed (or held for `--delay`).
-    /// Ok(true): bytes came (or a signal interrupted the call), so more may be waiting;
-    /// Ok(false): the socket is drained for now (EAGAIN, or the peer's FIN).
-    pub fn read(&mut self, buf: &mut [u8], server: &Server) -> Result<bool, End> {
+    pub fn read(&mut self, buf: &mut [u8], server: &Server) -> Result<Received, End> {
         let n = match outcome::classify_read((&self.conn.stream).read(buf)) {
             ReadOutcome::Data(n) => n,
             // The peer's FIN: nothing more will come. Echo what is queued, then close.
             ReadOutcome::Eof => {
                 server.out.emit(self.conn.event(Kind::Eof).note(note::EOF));
                 self.ending = Some(End::Close(note::CLOSE_AFTER_EOF));
-                return self.settle().map(|()| false);
+                return self.settle().map(|()| Received::Drained);
             }
             ReadOutcome::Reset => {
                 echo::report_reset(&self.conn, server, "read()");
@@ -150,10 +163,10 @@ impl LoopConn {
             // Nothing there (EAGAIN): the cost of asking. Counted, never printed per call.
             ReadOutcome::WouldBlock => {
                 Stats::add(&server.stats.wouldblock, 1);
-                return Ok(false);
+                return Ok(Received::Drained);
             }
             // A signal interrupted read(); nothing happened to the socket.
-            ReadOutcome::Interrupted => return Ok(true),
+            ReadOutcome::Interrupted => return Ok(Received::Interrupted),
             ReadOutcome::Failed(e) => {
                 echo::report_error(&self.conn, server, "read()", &e);
                 return Err(End::Dead);
@@ -178,7 +191,7 @@ impl LoopConn {
         }
         let answer = echo::answer(&message[..bye.unwrap_or(n)], &server.config);
         if answer.is_empty() {
-            return self.settle().map(|()| true);
+            return self.settle().map(|()| Received::Bytes(n));
         }
         if let Some(delay) = server.config.delay {
             // The handler "works" before answering: a timer, not a sleep, so the loop goes
@@ -186,7 +199,7 @@ impl LoopConn {
             self.queue(answer);
             self.held = answer.len();
             self.due = Some(self.last_progress + delay);
-            return Ok(true);
+            return Ok(Received::Bytes(n));
         }
         // Straight from the read buffer when nothing is queued before it: no copy.
         let written = match self.pending.is_empty() {
@@ -194,7 +207,7 @@ impl LoopConn {
             false => 0,
         };
         self.queue(&answer[written..]);
-        self.answered(server).map(|()| true)
+        self.answered(server).map(|()| Received::Bytes(n))
     }
 
     /// The socket is writable (or may be): write what is queued, and end if that was all.
@@ -311,8 +324,8 @@ fn write_some(conn: &Connection, bytes: &[u8], server: &Server) -> Result<usize,
     Ok(written)
 }
 
-/// A connection's last step: close it the way `end` says, and report it. The poll server
-/// deletes the socket from its poller before calling this.
+/// A connection's last step: close it the way `end` says, and report it. (close() also
+/// takes the socket out of the poll server's epoll interest list.)
 pub fn finish(lc: LoopConn, end: End, server: &Server) {
     let conn = lc.conn;
     match end {
