@@ -194,6 +194,11 @@ pub const EXIT_PROCESS_CRASH_FIN: &str = "the child died without closing its soc
 closed its descriptors and, as nothing was left unread (the child looked as it died), sent the FIN. \
 The parent learns of it from the exit status";
 
+pub const EXIT_PROCESS_CRASH_SHARED: &str = "the child died without closing its socket, and the \
+kernel closed the child's descriptors; but the parent still holds its own copy of the socket \
+(--parent-keeps-fd), so nothing is sent: no FIN, no RST. The peer waits on a connection that \
+nobody serves; the parent learns of the crash from the exit status";
+
 pub const EXIT_PROCESS_CRASH_UNREAD: &str = "the child died without closing its socket, with the \
 peer's bytes still unread (the child looked as it died and told the parent through the report \
 pipe): the kernel closed its descriptors and sent an RST, not a FIN. The peer's read fails \

@@ -651,6 +651,56 @@ fn a_crashed_child_over_unread_input_sends_what_its_note_says() {
     );
 }
 
+/// Process mode with `--parent-keeps-fd`: the child dies, but the parent still holds a copy
+/// of the socket, so the child's death sends nothing. The `exit` note says so, the peer reads
+/// no EOF, and the first FIN on the wire comes only when the parent closes its copy (at stop).
+#[test]
+fn a_crashed_child_whose_parent_keeps_the_socket_sends_nothing() {
+    if !capture_required("process_crash_parent_keeps_fd") {
+        return;
+    }
+    let (mut server, port) = wire_server("process", &["--parent-keeps-fd", "--crash-after", "1"]);
+    let mut peer = raw_peer(port);
+    peer.write_all(b"hello").unwrap();
+    assert_eq!(read_exactly(&mut peer, 5), b"hello");
+    let exit = server.expect_where("exit", |e| e["conn"] == 1);
+    let note = exit["note"].as_str().unwrap_or("");
+    assert_eq!(
+        kernel_sends(note),
+        None,
+        "the note names a packet: {note:?}"
+    );
+    assert!(note.contains("nothing is sent"), "{note:?}");
+    // Nothing came: a read waits (bounded) instead of returning the EOF a FIN would bring.
+    peer.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let waited = peer
+        .read(&mut byte)
+        .expect_err("no EOF while the parent holds a copy");
+    assert!(
+        matches!(
+            waited.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waited}"
+    );
+    server.signal(libc::SIGINT);
+    let stop = server.expect("stop");
+    let server_addr = client_peer(&server);
+    let first = wait_packet(&mut server, "FIN or RST from the server", |p| {
+        p["from"] == server_addr.as_str() && (has_flag(p, "FIN") || has_flag(p, "RST"))
+    });
+    assert!(
+        has_flag(&first, "FIN") && first["ts"].as_f64() >= stop["ts"].as_f64(),
+        "the server's first FIN or RST was {} at {} s (the stop at {} s); events:\n{}",
+        first["flags"],
+        first["ts"],
+        stop["ts"],
+        server.history()
+    );
+}
+
 /// select-limit checks its own point on the wire: past the wall, the refusal is the only
 /// data and a FIN (not an RST) follows it.
 #[test]

@@ -59,6 +59,8 @@ const CHILD_GRACE: Duration = Duration::from_millis(700);
 struct Worker {
     conn: u64,
     child: Child,
+    /// `--parent-keeps-fd`: the parent kept its copy of this child's socket.
+    parent_holds_copy: bool,
 }
 
 /// The pipe through which children report their counts: both ends stay with the parent for
@@ -109,6 +111,7 @@ pub fn run(
             Ok(child) => workers.push(Worker {
                 conn: conn.id,
                 child,
+                parent_holds_copy: parent_keeps_fd,
             }),
             Err(e) => {
                 let event = conn.event(Kind::Error).detail(format!("{e:#}"));
@@ -305,7 +308,7 @@ fn reap_exited(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Repo
                 let worker = workers.swap_remove(i);
                 // Exited: its report is in the pipe now.
                 collect_reports(reports, server);
-                report_exit(worker.conn, status, server, reports);
+                report_exit(&worker, status, server, reports);
             }
             Ok(None) => i += 1,
             Err(e) => {
@@ -322,22 +325,20 @@ fn reap_exited(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Repo
 
 /// The child's `exit`. After a crash the child's report says whether it left bytes unread:
 /// then the note says exactly FIN or RST; without a report (killed, or no pipe) it cannot.
-fn report_exit(conn: u64, status: ExitStatus, server: &Server, reports: Option<&Reports>) {
+/// With `--parent-keeps-fd` the child's death sends nothing at all: our copy is still open.
+fn report_exit(worker: &Worker, status: ExitStatus, server: &Server, reports: Option<&Reports>) {
+    let conn = worker.conn;
     let unread = reports.and_then(|r| r.crashes.borrow_mut().remove(&conn));
+    let crash_note = match unread {
+        _ if worker.parent_holds_copy => note::EXIT_PROCESS_CRASH_SHARED,
+        Some(0) => note::EXIT_PROCESS_CRASH_FIN,
+        Some(_) => note::EXIT_PROCESS_CRASH_UNREAD,
+        None => note::EXIT_PROCESS_CRASH,
+    };
     let (detail, why) = match (status.code(), status.signal()) {
         (Some(0), _) => ("child exited with status 0".to_string(), note::EXIT_PROCESS),
-        (Some(code), _) => (
-            format!("child exited with status {code}"),
-            match unread {
-                Some(0) => note::EXIT_PROCESS_CRASH_FIN,
-                Some(_) => note::EXIT_PROCESS_CRASH_UNREAD,
-                None => note::EXIT_PROCESS_CRASH,
-            },
-        ),
-        (None, Some(signal)) => (
-            format!("child killed by signal {signal}"),
-            note::EXIT_PROCESS_CRASH,
-        ),
+        (Some(code), _) => (format!("child exited with status {code}"), crash_note),
+        (None, Some(signal)) => (format!("child killed by signal {signal}"), crash_note),
         (None, None) => ("child ended".to_string(), note::EXIT_PROCESS),
     };
     let event = Event::new(Kind::Exit).conn(conn).detail(detail);
@@ -366,7 +367,7 @@ fn stop_children(workers: &mut Vec<Worker>, server: &Server, reports: Option<&Re
     for mut worker in workers.drain(..) {
         let _ = worker.child.kill();
         if let Ok(status) = worker.child.wait() {
-            report_exit(worker.conn, status, server, reports);
+            report_exit(&worker, status, server, reports);
         }
     }
     // The last reports, before the summary.
