@@ -473,6 +473,7 @@ impl Connection {
 
 /// `tcp-lab serve`: listen, then run the chosen mode until it stops.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    give_large_blocks_back();
     let config = Config::from_args(args);
     let mut out = Output::new(Role::Server, Some(args.mode.name()), &args.output)
         .quiet(args.quiet)
@@ -602,6 +603,19 @@ fn listen(addr: SocketAddr, backlog: i32, reuse_addr: bool) -> Result<TcpListene
         .listen(backlog)
         .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(socket.into())
+}
+
+/// A server's memory should come back after a burst. glibc's malloc gives a large block
+/// (128 KiB and more) its own mmap, returned to the kernel when freed, but it raises that
+/// threshold to the size of every such block freed: after one burst (an accept storm's event
+/// text, a peer's 1 MB echo) the next large blocks come from the heap and stay resident once
+/// freed. A fixed threshold keeps every block of 64 KiB or more in its own mapping.
+fn give_large_blocks_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
 }
 
 /// bind() errors, said so a learner knows what to do next.
