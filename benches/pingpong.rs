@@ -296,6 +296,14 @@ fn syscalls(conns: usize, messages: u64) {
         println!("               {}", per_message.join(", "));
         if name != "tokio" {
             println!("               summary: {summary}");
+            // The loop counts its own epoll_ctl calls; strace counts every one the process made.
+            let traced = calls.iter().find(|(call, _)| call == "epoll_ctl");
+            let stats: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
+            println!(
+                "               epoll_ctl: {} counted by strace, {} by the summary",
+                traced.map_or(0, |(_, n)| *n),
+                stats["epoll_ctl"]
+            );
         }
     }
 }
