@@ -134,8 +134,9 @@ impl Room {
         for i in 0..users {
             let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
             stream.set_nonblocking(true).unwrap();
-            stream.set_nodelay(true).unwrap(); // a line goes out at once, as typed
-                                               // SAFETY: every stream is deleted from the poller in Drop before it is closed.
+            // A line goes out at once, as typed.
+            stream.set_nodelay(true).unwrap();
+            // SAFETY: every stream is deleted from the poller in Drop before it is closed.
             unsafe { room.poller.add(&stream, Event::readable(i)) }.unwrap();
             room.streams.push(stream);
             room.lines.push(0);

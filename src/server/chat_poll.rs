@@ -138,7 +138,8 @@ fn accept_some(
                     continue;
                 }
                 hub.admit(conn, server); // welcome text queued, written at the end of the turn
-                                         // --close-listener-after / --exit-after: out of the poller, then close it.
+
+                // --close-listener-after / --exit-after: out of the poller, then close it.
                 if acceptor.listener_close_due(server) {
                     let _ = poller.delete(listener);
                     acceptor.close_listener_if_due(listener, server);

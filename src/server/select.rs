@@ -55,8 +55,8 @@ pub fn run(listener: &TcpListener, server: &Server) -> io::Result<()> {
         }
         let mut highest: RawFd = -1;
         let mut add = |set: &mut libc::fd_set, fd: RawFd| {
-            debug_assert!((0..FD_SETSIZE).contains(&fd)); // checked at accept
-                                                          // SAFETY: 0 <= fd < FD_SETSIZE, so the bit is inside the set.
+            // SAFETY: 0 <= fd < FD_SETSIZE (checked at accept), so the bit is inside the set.
+            debug_assert!((0..FD_SETSIZE).contains(&fd));
             unsafe { libc::FD_SET(fd, set) };
             highest = highest.max(fd);
         };
@@ -206,7 +206,8 @@ fn accept_some(
                 let key = conns.insert(lc);
                 let lc = conns.get_mut(key).expect("just inserted");
                 timers.schedule(key, lc, server); // --idle-timeout counts from now
-                                                  // --close-listener-after / --exit-after: close the listener now.
+
+                // --close-listener-after / --exit-after: close the listener now.
                 acceptor.close_listener_if_due(listener, server);
             }
             LoopAccepted::TurnedAway => continue,
