@@ -362,6 +362,8 @@ fn max_conns_turns_newcomers_away_politely(mode: &str) {
     assert_eq!(answer, "server full\n");
     let limit = server.expect("limit");
     assert_eq!(limit["conn"], 2);
+    // The event is the close(): like a `close` event, it shows no state of a closed socket.
+    assert!(limit["tcp_state"].is_null(), "{limit}");
 
     // The first client is still served.
     first.write_stdin(b"still in\n");

@@ -245,8 +245,9 @@ impl Server {
         // already gone there is nobody to tell.
         let _ = (&conn.stream).write(b"server full\n");
         Stats::add(&self.stats.turned_away, 1);
+        // event_closed: no TCP state, for the event is the close() (as `close` events are).
         let event = conn
-            .event(Kind::Limit)
+            .event_closed(Kind::Limit)
             .detail(format!("{} connections open", Stats::get(&self.stats.open)));
         echo::close_reporting(conn, self, event, note::LIMIT);
     }

@@ -225,7 +225,7 @@ pub(super) fn too_high(lc: LoopConn, fd: RawFd, server: &Server) {
     let message = format!("server full: select() cannot watch fd {fd}\n");
     let _ = (&lc.conn.stream).write(message.as_bytes()); // one short write: never blocks
     Stats::add(&server.stats.turned_away, 1);
-    let event = lc.conn.event(Kind::Limit).detail(format!(
+    let event = lc.conn.event_closed(Kind::Limit).detail(format!(
         "fd {fd} >= FD_SETSIZE ({FD_SETSIZE}): select() cannot watch it"
     ));
     // close(): the FIN follows the message (an RST if the peer had spoken first)
