@@ -5,7 +5,8 @@
 //! sleeps in `epoll_wait()` until one of them is ready or the nearest deadline (`--delay`,
 //! `--idle-timeout`) comes. It then handles only those. The three epoll calls are made here
 //! directly (through rustix, a safe function per system call), so `strace -f` shows exactly
-//! the calls below, and the summary's `epoll_ctl` count is the same as strace's.
+//! the calls below (the wait as `epoll_pwait`, its variant with a signal mask), and the
+//! summary's `epoll_ctl` count is the same as strace's.
 //!
 //! What to watch for:
 //! - An idle server uses no CPU at all, yet serves every client at once; the summary's
@@ -57,7 +58,7 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// until the socket is drained would let one peer that floods us keep the loop to itself;
 /// after this many reads of up to 64 KiB (1 MiB) the others get their turn, and the
 /// connection is visited again on the next turn of the loop. (tokio budgets 128 operations
-/// per task; its textbook echo reads 4 KiB at a time, so 512 KiB.)
+/// per task: with the 1 KiB buffer of the echo in its README, 128 KiB.)
 const READ_BUDGET: usize = 16;
 
 /// What the loop keeps from one turn to the next.
