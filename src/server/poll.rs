@@ -14,7 +14,7 @@
 //!   not block, so `wouldblock` stays near zero.
 //! - `--trigger edge|level|oneshot` (default edge) chooses how readiness is asked for. The
 //!   loop is the same for all three; they differ in three places only, each marked
-//!   `TRIGGER:` below: when interest is registered ([`interest`]), when it is changed
+//!   `TRIGGER:` below: when interest is registered ([`register_conn`]), when it is changed
 //!   again ([`rearm`]), and how far one visit reads ([`serve`]). The summary's `epoll_ctl`
 //!   counts what that costs: about one per message for oneshot, one or two per connection
 //!   for edge and level.
@@ -234,14 +234,11 @@ impl Loop<'_> {
                 LoopAccepted::Conn(lc) => {
                     let key = self.conns.insert(lc);
                     let lc = self.conns.get_mut(key).expect("just inserted");
-                    let interest = interest(server.config.trigger);
-                    if let Err(e) = add(&self.epoll, &lc.conn.stream, key as u64, interest, server)
-                    {
+                    if let Err(e) = register_conn(&self.epoll, key, lc, server) {
                         super::echo::report_error(&lc.conn, server, "epoll_ctl(ADD)", &e);
                         self.close(key, End::Dead);
                         continue;
                     }
-                    lc.interest = Some((true, server.config.trigger == Trigger::Edge));
                     self.timers.schedule(key, lc, server); // --idle-timeout counts from now
                     if acceptor.listener_close_due(server) {
                         // --close-listener-after / --exit-after: closing it unregisters it.
@@ -312,16 +309,32 @@ fn serve(lc: &mut LoopConn, buf: &mut [u8], server: &Server) -> Step {
     Ok(())
 }
 
-/// TRIGGER: when interest is registered, as a new connection goes into the interest list.
-/// - edge (EPOLLET): once, for reading *and* writing, for the connection's whole life. The
-///   kernel reports each change (bytes arrived, room freed in the send buffer, the peer's
-///   FIN as EPOLLRDHUP); nothing is asked again between messages.
-/// - level and oneshot: for reading; writing is asked for only while output is queued.
-fn interest(trigger: Trigger) -> EventFlags {
-    match trigger {
-        Trigger::Edge => EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET,
-        Trigger::Level | Trigger::Oneshot => flags(trigger, (true, false)),
-    }
+/// A new connection goes into the interest list (epoll_ctl(ADD)).
+fn register_conn(
+    epoll: &OwnedFd,
+    key: usize,
+    lc: &mut LoopConn,
+    server: &Server,
+) -> io::Result<()> {
+    let trigger = server.config.trigger;
+    // TRIGGER: when interest is registered.
+    // - edge: once, for reading *and* writing, for the connection's whole life. The kernel
+    //   reports each change (bytes arrived, room freed in the send buffer, the peer's FIN);
+    //   nothing is asked again between messages.
+    // - level and oneshot: for reading; writing is asked for only while output is queued.
+    let want = match trigger {
+        Trigger::Edge => (true, true),
+        Trigger::Level | Trigger::Oneshot => (true, false),
+    };
+    add(
+        epoll,
+        &lc.conn.stream,
+        key as u64,
+        flags(trigger, want),
+        server,
+    )?;
+    lc.interest = Some(want);
+    Ok(())
 }
 
 /// Tell the kernel what this connection waits for now, if the trigger needs telling.
@@ -362,7 +375,7 @@ fn rearm(epoll: &OwnedFd, key: usize, lc: &mut LoopConn, server: &Server) -> io:
     Ok(())
 }
 
-/// Interest in reading and/or writing, level-triggered (epoll's default) or oneshot.
+/// Interest in reading and/or writing under `trigger`, as epoll spells it.
 fn flags(trigger: Trigger, (read, write): (bool, bool)) -> EventFlags {
     let mut flags = EventFlags::empty();
     if read {
@@ -371,10 +384,12 @@ fn flags(trigger: Trigger, (read, write): (bool, bool)) -> EventFlags {
     if write {
         flags |= EventFlags::OUT;
     }
-    if trigger == Trigger::Oneshot {
-        flags |= EventFlags::ONESHOT;
+    match trigger {
+        // EPOLLRDHUP: the peer's FIN, reported with the bytes before it (see `serve`).
+        Trigger::Edge => flags | EventFlags::ET | EventFlags::RDHUP,
+        Trigger::Level => flags, // epoll's default
+        Trigger::Oneshot => flags | EventFlags::ONESHOT,
     }
-    flags
 }
 
 /// The listener is oneshot whatever `--trigger` says: then leaving it out during an EMFILE
