@@ -463,16 +463,23 @@ fn crash_with_unread_input_sends_what_its_note_says() {
     if !capture_required("crash_with_unread_input") {
         return;
     }
-    let (mut server, port) = wire_server("blocking", &["--crash-after", "1", "--delay", "500"]);
+    let (mut server, peer) = crash_over_unread_input("blocking");
+    assert_note_matches_wire(&mut server, &peer, "--crash-after with unread input");
+}
+
+/// A server in `mode` whose handler crashes after its first message (`--crash-after 1`),
+/// with a second message (6 bytes) already in its receive buffer when it does: the first is
+/// answered only after `--delay`, and the second is sent, and seen on the wire, meanwhile.
+fn crash_over_unread_input(mode: &str) -> (Proc, TcpStream) {
+    let (mut server, port) = wire_server(mode, &["--crash-after", "1", "--delay", "500"]);
     let mut peer = raw_peer(port);
     peer.write_all(b"first").unwrap();
     server.expect_conn("recv", 1);
     peer.write_all(b"second").unwrap();
-    // The second message is in the server's receive buffer before the handler wakes.
     wait_packet(&mut server, "carrying the second message", |p| {
         p["len"] == 6
     });
-    assert_note_matches_wire(&mut server, &peer, "--crash-after with unread input");
+    (server, peer)
 }
 
 #[test]
@@ -633,14 +640,7 @@ fn a_crashed_child_over_unread_input_sends_what_its_note_says() {
     if !capture_required("process_crash_with_unread_input") {
         return;
     }
-    let (mut server, port) = wire_server("process", &["--crash-after", "1", "--delay", "500"]);
-    let mut peer = raw_peer(port);
-    peer.write_all(b"first").unwrap();
-    server.expect_conn("recv", 1);
-    peer.write_all(b"second").unwrap();
-    wait_packet(&mut server, "carrying the second message", |p| {
-        p["len"] == 6
-    });
+    let (mut server, mut peer) = crash_over_unread_input("process");
     let _ = read_to_end_or_error(&mut peer);
     let exit = server.expect_where("exit", |e| e["conn"] == 1);
     assert_eq!(exit["unread"], 6, "{exit}");
